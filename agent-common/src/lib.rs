@@ -1,0 +1,44 @@
+//! Layout shared by the kernel programs (`agent-ebpf`) and the agent.
+//!
+//! Everything here is `#[repr(C)]`, `Copy`, has explicit padding and a compile-time size check,
+//! and uses integers rather than `bool`/enums across the kernel boundary.
+#![no_std]
+
+pub mod process;
+pub mod syscalls;
+
+/// Indices into the kernel's `KERNEL_COUNTERS` per-CPU array: every failure path in a kernel
+/// program increments one of these instead of logging.
+pub mod counters {
+    /// A process event could not be reserved in the ring buffer (consumer too slow).
+    pub const PROCESS_EVENTS_DROPPED: u32 = 0;
+    /// A new (process, syscall) key could not be inserted: `SYSCALL_STATS` is full.
+    pub const SYSCALL_STATS_FULL: u32 = 1;
+    /// A syscall exit had no recorded entry (in flight when the probe attached, or evicted).
+    pub const SYSCALL_UNPAIRED_EXIT: u32 = 2;
+    /// A syscall number outside the table was folded into `syscalls::NR_INVALID`.
+    pub const SYSCALL_NR_OUT_OF_RANGE: u32 = 3;
+    /// Number of counters; the map has exactly this many slots.
+    pub const COUNT: u32 = 4;
+
+    /// `(index, probe, kind)` for exposition; one row per counter above.
+    pub const ALL: [(u32, &str, &str); COUNT as usize] = [
+        (PROCESS_EVENTS_DROPPED, "process", "ringbuf_full"),
+        (SYSCALL_STATS_FULL, "syscalls", "stats_map_full"),
+        (SYSCALL_UNPAIRED_EXIT, "syscalls", "unpaired_exit"),
+        (SYSCALL_NR_OUT_OF_RANGE, "syscalls", "nr_out_of_range"),
+    ];
+}
+
+/// Header that starts every ring-buffer event. Kinds are explicit and never reused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of the `*_KIND` constants of the probe modules.
+    pub kind: u32,
+    /// Explicit padding so the struct has no hidden bytes.
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` when the event was produced (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 16);

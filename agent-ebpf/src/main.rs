@@ -1,0 +1,46 @@
+//! Tenantscope kernel programs. Each probe has one module here, named as in `agent-common` and
+//! `agent/src/probes`. Programs are thin entry points around `try_*` functions; every failure
+//! path increments a slot of `KERNEL_COUNTERS`.
+#![no_std]
+#![no_main]
+// Inline asm on the bpf target (for atomic adds) is still unstable; the build enables it.
+#![feature(asm_experimental_arch)]
+
+mod process;
+mod syscalls;
+
+use aya_ebpf::{macros::map, maps::PerCpuArray};
+use tenantscope_agent_common::counters;
+
+/// The agent's own tgid, set at load time: the agent never observes itself.
+#[unsafe(no_mangle)]
+static AGENT_TGID: u32 = 0;
+
+/// Failure counters, indexed by `tenantscope_agent_common::counters`.
+#[map]
+static KERNEL_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNT, 0);
+
+#[inline(always)]
+fn agent_tgid() -> u32 {
+    // SAFETY: a read-only global patched by the loader; volatile so it is not constant-folded.
+    unsafe { core::ptr::read_volatile(&AGENT_TGID) }
+}
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(p) = KERNEL_COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *p += 1 };
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// GPL-compatible: the probe_read helpers require it.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
