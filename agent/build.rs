@@ -14,7 +14,9 @@ fn main() -> anyhow::Result<()> {
     // SAFETY: build scripts are single-threaded at this point.
     unsafe { std::env::set_var("RUSTC_BOOTSTRAP", "1") };
     println!("cargo:rerun-if-env-changed=RUSTUP_TOOLCHAIN");
-    let root = metadata_root.to_str().context("non-UTF-8 path to agent-ebpf")?;
+    let root = metadata_root
+        .to_str()
+        .context("non-UTF-8 path to agent-ebpf")?;
     aya_build::build_ebpf(
         [aya_build::Package { name: "tenantscope-agent-ebpf", root_dir: root, ..Default::default() }],
         aya_build::Toolchain::Custom(&toolchain),

@@ -38,7 +38,11 @@ pub struct SyscallStats {
 const _: () = assert!(core::mem::size_of::<SyscallStats>() == 16 + 8 * HIST_SLOTS);
 
 impl SyscallStats {
-    pub const ZERO: Self = Self { sum_ns: 0, errors: 0, buckets: [0; HIST_SLOTS] };
+    pub const ZERO: Self = Self {
+        sum_ns: 0,
+        errors: 0,
+        buckets: [0; HIST_SLOTS],
+    };
 
     /// Number of calls recorded.
     pub fn count(&self) -> u64 {
@@ -94,7 +98,11 @@ pub fn log2_floor(mut v: u64) -> u32 {
 pub fn slot(ns: u64) -> usize {
     let l = log2_floor(ns);
     let s = l.saturating_sub(HIST_MIN_LOG2);
-    if s as usize >= HIST_SLOTS { HIST_SLOTS - 1 } else { s as usize }
+    if s as usize >= HIST_SLOTS {
+        HIST_SLOTS - 1
+    } else {
+        s as usize
+    }
 }
 
 /// Exclusive upper bound in nanoseconds of slot `i` (`None` for the open-ended last slot).

@@ -2,10 +2,9 @@
 //! Low volume by nature; wakeups are batched unless the buffer is filling up.
 
 use aya_ebpf::{
-    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_AVAIL_DATA},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_ktime_get_ns,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
     },
     macros::{map, tracepoint},
     maps::RingBuf,
@@ -73,7 +72,11 @@ fn emit(kind: u32, tgid: u32, ppid: u32) {
     let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
     entry.write(ProcessEvent {
         // SAFETY: helpers always callable from tracing programs.
-        header: EventHeader { kind, _pad: 0, ts_ns: unsafe { bpf_ktime_get_ns() } },
+        header: EventHeader {
+            kind,
+            _pad: 0,
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        },
         tgid,
         ppid,
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },

@@ -1,0 +1,1147 @@
+//! Agent configuration: the TOML file schema, the command-line flags, and how they combine.
+//!
+//! Precedence, highest first: command-line flag > environment variable > TOML file > built-in
+//! default. Flags and environment variables are the same clap arguments (clap prefers the flag), so
+//! they reach [`Config::apply_overrides`] already merged; the file is the base they are applied to.
+//! [`Config::load`] runs [`Config::validate`] last, on the effective values, so a bad file value
+//! that a flag replaces is not an error.
+//!
+//! The shipped example, `agent/tenantscope-agent.example.toml`, lists every option at its default;
+//! a unit test keeps it equal to [`Config::default`].
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Command-line flags. Each one except `--config` and `--check-config` overrides one config-file
+/// option and can also be set through the environment variable named in `--help`.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "tenantscope-agent",
+    version,
+    about = "Tenantscope node agent: eBPF probes to tenant-tagged Prometheus metrics",
+    long_about = "Tenantscope node agent: counts syscalls and follows process lifetimes with eBPF, \
+        attributes them to workloads (tenants), and serves the result as Prometheus metrics.\n\n\
+        Settings come from, highest precedence first: command-line flags, environment variables, \
+        the TOML file given by --config, built-in defaults. Every option, with its default, is in \
+        the shipped tenantscope-agent.example.toml.",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    /// Path to a TOML config file; without one, the built-in defaults apply
+    #[arg(long, short = 'c', env = "TENANTSCOPE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Metrics/health listen address, e.g. 0.0.0.0:9464 or 127.0.0.1:19464 [file: server.listen]
+    #[arg(long, env = "TENANTSCOPE_LISTEN", value_name = "IP:PORT")]
+    pub listen: Option<String>,
+
+    /// Log filter, an EnvFilter directive such as "info" or "info,tenantscope_agent=debug"
+    /// [file: log.level]
+    #[arg(long, env = "TENANTSCOPE_LOG", value_name = "FILTER")]
+    pub log_level: Option<String>,
+
+    /// Log output format [file: log.format]
+    #[arg(long, env = "TENANTSCOPE_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// Cap on distinct workload label values; the overflow is folded into "_other"
+    /// [file: workloads.max]
+    #[arg(long, env = "TENANTSCOPE_MAX_WORKLOADS", value_name = "N")]
+    pub max_workloads: Option<usize>,
+
+    /// Kernel hook for syscall counting [file: syscalls.hook]
+    #[arg(long, env = "TENANTSCOPE_SYSCALL_HOOK", value_name = "HOOK")]
+    pub syscall_hook: Option<SyscallHook>,
+
+    /// How often the syscall counters are read from the kernel, e.g. 10s or 1m (1s to 5m)
+    /// [file: syscalls.read_interval]
+    #[arg(
+        long,
+        env = "TENANTSCOPE_READ_INTERVAL",
+        value_name = "DURATION",
+        value_parser = humantime::parse_duration
+    )]
+    pub read_interval: Option<Duration>,
+
+    /// Turn a probe off; repeat the flag or separate names with commas
+    /// [file: <probe>.enabled = false]
+    #[arg(
+        long = "disable-probe",
+        env = "TENANTSCOPE_DISABLE_PROBES",
+        value_name = "PROBE",
+        value_delimiter = ','
+    )]
+    pub disable_probes: Vec<Probe>,
+
+    /// Load and validate the configuration, print the effective config as TOML, and exit: 0 if
+    /// it is valid, 2 (with the error) if not
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+const AFTER_HELP: &str = "\
+Examples:
+  Run with the built-in defaults (metrics on 0.0.0.0:9464):
+    tenantscope-agent
+  Run from a config file, debug logs for the agent only:
+    tenantscope-agent -c /etc/tenantscope/agent.toml --log-level info,tenantscope_agent=debug
+  Check a config file and print the effective settings without starting anything:
+    tenantscope-agent -c /etc/tenantscope/agent.toml --check-config
+  Count syscalls only, through the classic tracepoints (kernels without raw tracepoints):
+    tenantscope-agent --disable-probe process --syscall-hook tracepoint
+  The same through the environment (e.g. in a DaemonSet):
+    TENANTSCOPE_DISABLE_PROBES=process TENANTSCOPE_SYSCALL_HOOK=tracepoint tenantscope-agent
+
+Precedence: flag > environment variable > config file > built-in default.";
+
+/// A probe that `--disable-probe` can turn off; each name is a section of the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Probe {
+    /// Per-process syscall counters (section [syscalls])
+    Syscalls,
+    /// Process start/exit events for workload attribution (section [process])
+    Process,
+}
+
+/// The whole agent configuration, as read from the TOML file. Every section and field is optional
+/// in the file; what is missing keeps its default. Unknown keys are rejected so that a typo fails
+/// at startup instead of silently running with a default.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+// `Default` is derived on purpose: each section's own `Default` impl documents its values.
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP endpoint for metrics and health checks.
+    pub server: ServerConfig,
+    /// Agent logging.
+    pub log: LogConfig,
+    /// The syscall-counting probe.
+    pub syscalls: SyscallsConfig,
+    /// The process-lifecycle probe, which maps processes to workloads.
+    pub process: ProcessConfig,
+    /// Limits on the workload label, which bound the number of exported series.
+    pub workloads: WorkloadsConfig,
+}
+
+/// `[server]`: the HTTP endpoint Prometheus scrapes.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address for the metrics and health endpoints, as `IP:PORT` (`[::]:9464` for IPv6).
+    /// Default `0.0.0.0:9464`.
+    pub listen: SocketAddr,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            // All interfaces, so a Prometheus outside the node can scrape it; 9464 is the port
+            // conventionally used by OpenTelemetry Prometheus exporters.
+            listen: SocketAddr::from(([0, 0, 0, 0], 9464)),
+        }
+    }
+}
+
+/// `[log]`: the agent's own diagnostics (not the exported metrics).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` EnvFilter directive: a level (`"info"`) or per-target levels
+    /// (`"info,tenantscope_agent=debug"`). Its full syntax is checked when logging starts; here
+    /// only that it is not empty. Default `"info"`.
+    pub level: String,
+    /// Output format. Default `text`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            // Startup, attach results and errors, without per-interval chatter.
+            level: "info".to_owned(),
+            // Readable in `kubectl logs` and journald; log pipelines opt in to JSON.
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines
+    Text,
+    /// One JSON object per line, for log pipelines
+    Json,
+}
+
+/// `[syscalls]`: per-process syscall counters kept in a kernel map and read periodically, so the
+/// cost is one map walk per interval rather than one event per syscall.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyscallsConfig {
+    /// Whether to attach the probe. Default `true`.
+    pub enabled: bool,
+    /// Kernel hook used to count syscalls. Default `raw-tracepoint`.
+    pub hook: SyscallHook,
+    /// How often userspace reads the counters: the resolution of the exported rates. Between 1s
+    /// and 5m. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub read_interval: Duration,
+    /// Capacity of the kernel map, in (process, syscall) keys. When full, new keys are dropped and
+    /// counted as lost. Between 1024 and 4194304. Default `65536`.
+    pub max_map_entries: u32,
+}
+
+impl Default for SyscallsConfig {
+    fn default() -> Self {
+        Self {
+            // Counting syscalls is the agent's main job.
+            enabled: true,
+            // Cheapest hook: one program on sys_enter for every syscall.
+            hook: SyscallHook::RawTracepoint,
+            // Matches a typical 15s-30s Prometheus scrape without making reads frequent.
+            read_interval: Duration::from_secs(10),
+            // Room for ~1000 processes each using ~60 distinct syscalls; a few MiB of kernel memory.
+            max_map_entries: 65_536,
+        }
+    }
+}
+
+/// Which kernel hook counts syscalls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyscallHook {
+    /// raw_syscalls:sys_enter as a raw tracepoint: cheapest, needs Linux 4.17+
+    RawTracepoint,
+    /// raw_syscalls:sys_enter as a classic tracepoint: slower, for older kernels
+    Tracepoint,
+}
+
+/// `[process]`: process start/exit events from a ring buffer, plus a periodic /proc scan that
+/// repairs anything missed (processes older than the agent, ring-buffer drops).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessConfig {
+    /// Whether to attach the probe. Without it, workloads are found by the /proc scan only.
+    /// Default `true`.
+    pub enabled: bool,
+    /// How long the reader waits on the ring buffer between polls: the latency of workload
+    /// attribution for new processes. Between 10ms and 5s. Default `100ms`.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How often /proc is rescanned to resynchronize the process table. Between 1s and 10m.
+    /// Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub rescan_interval: Duration,
+    /// Ring-buffer size in bytes. The kernel requires a power of two and a multiple of the 4096-byte
+    /// page; between 4096 and 67108864 (64 MiB). Default `262144` (256 KiB).
+    pub ringbuf_bytes: u32,
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        Self {
+            // Without it, short-lived processes are never attributed.
+            enabled: true,
+            // New processes show up within a tenth of a second, at negligible CPU cost.
+            poll_interval: Duration::from_millis(100),
+            // A missed exit or start is corrected within half a minute; a scan is cheap at this rate.
+            rescan_interval: Duration::from_secs(30),
+            // Holds a few thousand events, enough for a fork storm between two polls.
+            ringbuf_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// `[workloads]`: bounds on the workload label, which multiplies the number of exported series.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkloadsConfig {
+    /// Maximum distinct workload label values; beyond it, new workloads are folded into `"_other"`
+    /// (and the overflow is counted). Between 1 and 100000. Default `128`.
+    pub max: usize,
+    /// How long a workload with no live process keeps its series before they are dropped. Between
+    /// 10s and 24h. Default `5m`.
+    #[serde(with = "humantime_serde")]
+    pub idle_ttl: Duration,
+}
+
+impl Default for WorkloadsConfig {
+    fn default() -> Self {
+        Self {
+            // Enough for a busy node's pods, low enough to keep a scrape small.
+            max: 128,
+            // Survives a restart or a crash loop without the series flapping, then frees them.
+            idle_ttl: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+// Bounds enforced by `validate`; the field docs and the example file repeat them.
+const READ_INTERVAL: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(5 * 60));
+const MAX_MAP_ENTRIES: (u32, u32) = (1024, 4 * 1024 * 1024);
+const POLL_INTERVAL: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(5));
+const RESCAN_INTERVAL: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(10 * 60));
+const PAGE_SIZE: u32 = 4096;
+const RINGBUF_BYTES: (u32, u32) = (PAGE_SIZE, 64 * 1024 * 1024);
+const MAX_WORKLOADS: (usize, usize) = (1, 100_000);
+const IDLE_TTL: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(24 * 3600));
+
+/// Why a configuration could not be loaded.
+///
+/// Each message is complete on its own (it includes the underlying I/O or TOML error), because
+/// the agent prints it once at startup; the underlying errors are therefore fields, not
+/// `source()`, so a chain-printing reporter does not repeat them.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {}: {error}", path.display())]
+    Read {
+        /// The file, as given by `--config` / `TENANTSCOPE_CONFIG`.
+        path: PathBuf,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+    /// The config file is not valid TOML or does not match the schema (unknown key, wrong type,
+    /// malformed duration). The TOML error names the line, column and key.
+    #[error("invalid config file {}: {error}", path.display())]
+    Parse {
+        /// The file, as given by `--config` / `TENANTSCOPE_CONFIG`.
+        path: PathBuf,
+        /// The TOML error, with line, column and a snippet.
+        error: toml::de::Error,
+    },
+    /// A value is out of range. `field` is the dotted path in the file, e.g.
+    /// `syscalls.read_interval`; `reason` says what is allowed.
+    #[error("invalid config: {field} {reason}")]
+    Invalid {
+        /// Dotted path of the field, e.g. `syscalls.read_interval`.
+        field: &'static str,
+        /// What is allowed and what was given.
+        reason: String,
+    },
+    /// A command-line flag or environment variable has a bad value.
+    #[error("invalid value {value:?} for {flag} (env {env}): {reason}")]
+    Override {
+        /// The flag, e.g. `--listen`.
+        flag: &'static str,
+        /// The environment variable that sets the same thing, e.g. `TENANTSCOPE_LISTEN`.
+        env: &'static str,
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl Config {
+    /// The effective configuration: defaults <- the file named by `cli.config` (if any) <-
+    /// flag/environment overrides, then [`Config::validate`].
+    pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+        let mut config = match &cli.config {
+            Some(path) => Self::from_file(path)?,
+            None => Config::default(),
+        };
+        config.apply_overrides(cli)?;
+        config
+            .validate()
+            .map_err(|error| blame_override(error, cli))?;
+        Ok(config)
+    }
+
+    /// Reads and parses a config file, without validating it (see [`Config::load`]).
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
+        Self::from_toml(path, &text)
+    }
+
+    /// Parses config-file text, without validating it; `path` is only used in error messages.
+    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|error| ConfigError::Parse {
+            path: path.to_owned(),
+            error,
+        })
+    }
+
+    /// Applies the flags and environment variables in `cli` (already merged by clap, the flag
+    /// winning) on top of `self`. Pure: reads nothing but `cli`. Range checks are left to
+    /// [`Config::validate`].
+    pub fn apply_overrides(&mut self, cli: &Cli) -> Result<(), ConfigError> {
+        if let Some(listen) = &cli.listen {
+            self.server.listen = listen.parse().map_err(|_| ConfigError::Override {
+                flag: "--listen",
+                env: "TENANTSCOPE_LISTEN",
+                value: listen.clone(),
+                reason: "expected IP:PORT, e.g. 0.0.0.0:9464 or [::]:9464 (not a host name)"
+                    .to_owned(),
+            })?;
+        }
+        if let Some(level) = &cli.log_level {
+            self.log.level.clone_from(level);
+        }
+        if let Some(format) = cli.log_format {
+            self.log.format = format;
+        }
+        if let Some(max) = cli.max_workloads {
+            self.workloads.max = max;
+        }
+        if let Some(hook) = cli.syscall_hook {
+            self.syscalls.hook = hook;
+        }
+        if let Some(interval) = cli.read_interval {
+            self.syscalls.read_interval = interval;
+        }
+        for probe in &cli.disable_probes {
+            match probe {
+                Probe::Syscalls => self.syscalls.enabled = false,
+                Probe::Process => self.process.enabled = false,
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every value against its allowed range, in file order; the error names the first bad
+    /// field by its dotted path and says what is allowed.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.log.level.trim().is_empty() {
+            return Err(invalid(
+                "log.level",
+                "must not be empty; use e.g. \"info\" or \"warn,tenantscope_agent=debug\"",
+            ));
+        }
+        check_duration(
+            "syscalls.read_interval",
+            self.syscalls.read_interval,
+            READ_INTERVAL,
+        )?;
+        check_range(
+            "syscalls.max_map_entries",
+            self.syscalls.max_map_entries,
+            MAX_MAP_ENTRIES,
+        )?;
+        check_duration(
+            "process.poll_interval",
+            self.process.poll_interval,
+            POLL_INTERVAL,
+        )?;
+        check_duration(
+            "process.rescan_interval",
+            self.process.rescan_interval,
+            RESCAN_INTERVAL,
+        )?;
+        check_range(
+            "process.ringbuf_bytes",
+            self.process.ringbuf_bytes,
+            RINGBUF_BYTES,
+        )?;
+        let bytes = self.process.ringbuf_bytes;
+        // Past the range check (at least one page), a power of two is also a multiple of the page.
+        if !bytes.is_power_of_two() {
+            return Err(invalid(
+                "process.ringbuf_bytes",
+                format!(
+                    "must be a power of two and a multiple of the {PAGE_SIZE}-byte page, \
+                     e.g. 262144, got {bytes}"
+                ),
+            ));
+        }
+        check_range("workloads.max", self.workloads.max, MAX_WORKLOADS)?;
+        check_duration("workloads.idle_ttl", self.workloads.idle_ttl, IDLE_TTL)?;
+        Ok(())
+    }
+
+    /// The configuration as a TOML file (what `--check-config` prints); loading it back gives the
+    /// same configuration.
+    pub fn to_toml(&self) -> String {
+        // Every field is a string, integer, bool or a table of them, all of which TOML can hold.
+        toml::to_string(self).expect("every config field is representable in TOML")
+    }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+fn check_range<T: PartialOrd + fmt::Display>(
+    field: &'static str,
+    value: T,
+    (min, max): (T, T),
+) -> Result<(), ConfigError> {
+    if value < min || value > max {
+        return Err(invalid(
+            field,
+            format!("must be between {min} and {max}, got {value}"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_duration(
+    field: &'static str,
+    value: Duration,
+    (min, max): (Duration, Duration),
+) -> Result<(), ConfigError> {
+    let show = humantime::format_duration;
+    if value < min || value > max {
+        return Err(invalid(
+            field,
+            format!(
+                "must be between {} and {}, got {}",
+                show(min),
+                show(max),
+                show(value)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// If a validation error is about a field that a flag or environment variable set, reports it
+/// against that flag: the user typed the value there, not in the file.
+fn blame_override(error: ConfigError, cli: &Cli) -> ConfigError {
+    let ConfigError::Invalid { field, reason } = error else {
+        return error;
+    };
+    let flag = match field {
+        "log.level" => cli
+            .log_level
+            .clone()
+            .map(|v| ("--log-level", "TENANTSCOPE_LOG", v)),
+        "workloads.max" => cli.max_workloads.map(|v| {
+            (
+                "--max-workloads",
+                "TENANTSCOPE_MAX_WORKLOADS",
+                v.to_string(),
+            )
+        }),
+        "syscalls.read_interval" => cli.read_interval.map(|v| {
+            let v = humantime::format_duration(v).to_string();
+            ("--read-interval", "TENANTSCOPE_READ_INTERVAL", v)
+        }),
+        _ => None,
+    };
+    match flag {
+        Some((flag, env, value)) => ConfigError::Override {
+            flag,
+            env,
+            value,
+            reason: format!("{field} {reason}"),
+        },
+        None => ConfigError::Invalid { field, reason },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, FromArgMatches, Parser};
+
+    const EXAMPLE: &str = include_str!("../tenantscope-agent.example.toml");
+
+    /// Parses flags with the environment switched off, so a `TENANTSCOPE_*` variable in the shell
+    /// running the tests cannot change the result. The environment is tested in
+    /// `env_sits_between_flags_and_file`.
+    fn parse(args: &[&str]) -> Cli {
+        let matches = Cli::command()
+            .mut_args(|arg| arg.env(None::<&'static str>))
+            .try_get_matches_from(std::iter::once("tenantscope-agent").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("flags {args:?} should parse: {e}"));
+        Cli::from_arg_matches(&matches).expect("matches come from Cli::command()")
+    }
+
+    fn parse_err(args: &[&str]) -> String {
+        Cli::command()
+            .mut_args(|arg| arg.env(None::<&'static str>))
+            .try_get_matches_from(std::iter::once("tenantscope-agent").chain(args.iter().copied()))
+            .map(|_| ())
+            .expect_err("flags should be rejected")
+            .to_string()
+    }
+
+    fn from_str(text: &str) -> Config {
+        Config::from_toml(Path::new("test.toml"), text)
+            .unwrap_or_else(|e| panic!("config should parse: {e}"))
+    }
+
+    fn from_str_err(text: &str) -> String {
+        match Config::from_toml(Path::new("test.toml"), text) {
+            Ok(config) => panic!("config should be rejected, got {config:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// Writes `text` to a file unique to this test and process, for tests of `load`.
+    fn temp_config(name: &str, text: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "tenantscope-config-{}-{name}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, text).expect("temp dir should be writable");
+        path
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default()
+            .validate()
+            .unwrap_or_else(|e| panic!("defaults should be valid: {e}"));
+    }
+
+    #[test]
+    fn example_file_is_the_defaults() {
+        let example = from_str(EXAMPLE);
+        assert_eq!(
+            example,
+            Config::default(),
+            "agent/tenantscope-agent.example.toml should set every option to its default"
+        );
+    }
+
+    #[test]
+    fn example_file_sets_every_option() {
+        // `#[serde(default)]` would hide an option missing from the example, so compare keys with
+        // the full serialized default.
+        let keys = |text: &str| {
+            let table: toml::Table = toml::from_str(text).expect("valid TOML");
+            table
+                .iter()
+                .flat_map(|(section, fields)| {
+                    let fields = fields.as_table().expect("top level holds sections only");
+                    fields.keys().map(move |key| format!("{section}.{key}"))
+                })
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        assert_eq!(keys(EXAMPLE), keys(&Config::default().to_toml()));
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(from_str(""), Config::default());
+    }
+
+    #[test]
+    fn partial_file_keeps_other_defaults() {
+        let config = from_str("[syscalls]\nread_interval = \"30s\"\n");
+        let mut expected = Config::default();
+        expected.syscalls.read_interval = Duration::from_secs(30);
+        assert_eq!(config, expected);
+    }
+
+    #[test]
+    fn to_toml_round_trips() {
+        let mut config = Config::default();
+        config.server.listen = "[::1]:19464".parse().expect("valid address");
+        config.log.format = LogFormat::Json;
+        config.syscalls.hook = SyscallHook::Tracepoint;
+        config.process.poll_interval = Duration::from_millis(250);
+        config.workloads.idle_ttl = Duration::from_secs(90 * 60);
+        for config in [Config::default(), config] {
+            let text = config.to_toml();
+            assert_eq!(from_str(&text), config, "round trip through:\n{text}");
+        }
+    }
+
+    #[test]
+    fn enum_spellings() {
+        let config = from_str("[log]\nformat = \"json\"\n[syscalls]\nhook = \"tracepoint\"\n");
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.syscalls.hook, SyscallHook::Tracepoint);
+        let text = Config::default().to_toml();
+        assert!(text.contains("hook = \"raw-tracepoint\""), "{text}");
+        assert!(text.contains("format = \"text\""), "{text}");
+    }
+
+    /// (field, a value for it that `validate` must reject).
+    fn invalid_cases() -> Vec<(&'static str, Config)> {
+        fn with(edit: impl FnOnce(&mut Config)) -> Config {
+            let mut config = Config::default();
+            edit(&mut config);
+            config
+        }
+        let ms = Duration::from_millis;
+        let s = Duration::from_secs;
+        vec![
+            ("log.level", with(|c| c.log.level = String::new())),
+            ("log.level", with(|c| c.log.level = "  ".into())),
+            (
+                "syscalls.read_interval",
+                with(|c| c.syscalls.read_interval = ms(999)),
+            ),
+            (
+                "syscalls.read_interval",
+                with(|c| c.syscalls.read_interval = s(301)),
+            ),
+            (
+                "syscalls.max_map_entries",
+                with(|c| c.syscalls.max_map_entries = 1023),
+            ),
+            (
+                "syscalls.max_map_entries",
+                with(|c| c.syscalls.max_map_entries = 4_194_305),
+            ),
+            (
+                "process.poll_interval",
+                with(|c| c.process.poll_interval = ms(9)),
+            ),
+            (
+                "process.poll_interval",
+                with(|c| c.process.poll_interval = ms(5001)),
+            ),
+            (
+                "process.rescan_interval",
+                with(|c| c.process.rescan_interval = ms(999)),
+            ),
+            (
+                "process.rescan_interval",
+                with(|c| c.process.rescan_interval = s(601)),
+            ),
+            (
+                "process.ringbuf_bytes",
+                with(|c| c.process.ringbuf_bytes = 2048),
+            ),
+            (
+                "process.ringbuf_bytes",
+                with(|c| c.process.ringbuf_bytes = 128 << 20),
+            ),
+            (
+                "process.ringbuf_bytes",
+                with(|c| c.process.ringbuf_bytes = 3 * 4096),
+            ),
+            (
+                "process.ringbuf_bytes",
+                with(|c| c.process.ringbuf_bytes = 5000),
+            ),
+            ("workloads.max", with(|c| c.workloads.max = 0)),
+            ("workloads.max", with(|c| c.workloads.max = 100_001)),
+            ("workloads.idle_ttl", with(|c| c.workloads.idle_ttl = s(9))),
+            (
+                "workloads.idle_ttl",
+                with(|c| c.workloads.idle_ttl = s(24 * 3600 + 1)),
+            ),
+        ]
+    }
+
+    #[test]
+    fn each_validation_error_names_its_field() {
+        for (field, config) in invalid_cases() {
+            match config.validate() {
+                Err(ConfigError::Invalid { field: got, .. }) if got == field => {}
+                other => panic!("{field}: expected Invalid naming {field}, got {other:?}"),
+            }
+            let message = config.validate().unwrap_err().to_string();
+            assert!(
+                message.contains(field) && message.contains("must"),
+                "{field}: message should name the field and what is allowed: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn range_bounds_are_inclusive() {
+        let edits: [fn(&mut Config); 14] = [
+            |c| c.syscalls.read_interval = Duration::from_secs(1),
+            |c| c.syscalls.read_interval = Duration::from_secs(300),
+            |c| c.syscalls.max_map_entries = 1024,
+            |c| c.syscalls.max_map_entries = 4_194_304,
+            |c| c.process.poll_interval = Duration::from_millis(10),
+            |c| c.process.poll_interval = Duration::from_secs(5),
+            |c| c.process.rescan_interval = Duration::from_secs(1),
+            |c| c.process.rescan_interval = Duration::from_secs(600),
+            |c| c.process.ringbuf_bytes = 4096,
+            |c| c.process.ringbuf_bytes = 64 << 20,
+            |c| c.workloads.max = 1,
+            |c| c.workloads.max = 100_000,
+            |c| c.workloads.idle_ttl = Duration::from_secs(10),
+            |c| c.workloads.idle_ttl = Duration::from_secs(24 * 3600),
+        ];
+        for edit in edits {
+            let mut config = Config::default();
+            edit(&mut config);
+            config
+                .validate()
+                .unwrap_or_else(|e| panic!("a bound should be accepted: {e}"));
+        }
+        // The message shows durations as humans write them.
+        let mut config = Config::default();
+        config.process.poll_interval = Duration::from_millis(1);
+        let message = config.validate().unwrap_err().to_string();
+        assert_eq!(
+            message,
+            "invalid config: process.poll_interval must be between 10ms and 5s, got 1ms"
+        );
+        config = Config::default();
+        config.workloads.idle_ttl = Duration::from_secs(25 * 3600);
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("between 10s and 1day"), "{message}");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_by_name() {
+        for (text, name) in [
+            ("[sever]\nlisten = \"0.0.0.0:1\"\n", "sever"),
+            ("[syscalls]\nread_intervall = \"5s\"\n", "read_intervall"),
+            (
+                "[process]\nenabled = true\nringbuf_size = 4096\n",
+                "ringbuf_size",
+            ),
+            ("[workloads]\nmax_workloads = 10\n", "max_workloads"),
+        ] {
+            let message = from_str_err(text);
+            assert!(
+                message.contains(name) && message.contains("unknown field"),
+                "the error should name `{name}`: {message}"
+            );
+            assert!(
+                message.contains("test.toml"),
+                "the error should name the file: {message}"
+            );
+            assert!(
+                message.contains("line"),
+                "the error should give the line: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_values_are_rejected() {
+        for (text, expect) in [
+            ("[syscalls]\nread_interval = \"10 parsecs\"\n", "parsecs"),
+            ("[syscalls]\nread_interval = 10\n", "read_interval"),
+            ("[process]\npoll_interval = \"fast\"\n", "fast"),
+            ("[workloads]\nidle_ttl = \"\"\n", "idle_ttl"),
+            ("[server]\nlisten = \"localhost:9464\"\n", "listen"),
+            ("[syscalls]\nhook = \"kprobe\"\n", "kprobe"),
+            ("[log]\nformat = \"yaml\"\n", "yaml"),
+            ("[workloads]\nmax = -1\n", "max"),
+            ("[syscalls\n", "line 1"),
+        ] {
+            let message = from_str_err(text);
+            assert!(
+                message.contains(expect),
+                "error for {text:?} should mention {expect:?}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn load_without_file_is_defaults() {
+        let config = Config::load(&parse(&[])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn load_reports_missing_file_by_path() {
+        let error = Config::load(&parse(&["-c", "/nonexistent/tenantscope.toml"])).unwrap_err();
+        assert!(matches!(error, ConfigError::Read { .. }), "{error:?}");
+        let message = error.to_string();
+        assert!(
+            message.contains("/nonexistent/tenantscope.toml"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn load_validates_the_file() {
+        let path = temp_config("invalid", "[workloads]\nmax = 0\n");
+        let error = Config::load(&parse(&[
+            "--config",
+            path.to_str().expect("utf-8 temp dir"),
+        ]));
+        std::fs::remove_file(&path).ok();
+        match error {
+            Err(ConfigError::Invalid { field, .. }) => assert_eq!(field, "workloads.max"),
+            other => panic!("expected workloads.max to be invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn flags_override_file_override_defaults() {
+        let path = temp_config(
+            "precedence",
+            "[server]\nlisten = \"127.0.0.1:1000\"\n\
+             [log]\nlevel = \"warn\"\n\
+             [syscalls]\nread_interval = \"20s\"\nhook = \"tracepoint\"\n\
+             [workloads]\nmax = 5\nidle_ttl = \"1m\"\n",
+        );
+        let cli = parse(&[
+            "-c",
+            path.to_str().expect("utf-8 temp dir"),
+            "--listen",
+            "127.0.0.1:19464",
+            "--max-workloads",
+            "7",
+            "--read-interval",
+            "1m 30s",
+            "--log-format",
+            "json",
+        ]);
+        let config = Config::load(&cli);
+        std::fs::remove_file(&path).ok();
+        let config = config.unwrap_or_else(|e| panic!("{e}"));
+
+        let mut expected = Config::default();
+        // Flags.
+        expected.server.listen = "127.0.0.1:19464".parse().expect("valid address");
+        expected.workloads.max = 7;
+        expected.syscalls.read_interval = Duration::from_secs(90);
+        expected.log.format = LogFormat::Json;
+        // File, no flag.
+        expected.log.level = "warn".into();
+        expected.syscalls.hook = SyscallHook::Tracepoint;
+        expected.workloads.idle_ttl = Duration::from_secs(60);
+        // Everything else: defaults.
+        assert_eq!(config, expected);
+    }
+
+    #[test]
+    fn flag_replacing_a_bad_file_value_is_fine() {
+        let mut config = from_str("[workloads]\nmax = 0\n");
+        config
+            .apply_overrides(&parse(&["--max-workloads", "10"]))
+            .expect("no bad override");
+        config.validate().expect("the flag replaced the bad value");
+    }
+
+    #[test]
+    fn disable_probe() {
+        let cases: [(&[&str], bool, bool); 5] = [
+            (&[], true, true),
+            (&["--disable-probe", "syscalls"], false, true),
+            (&["--disable-probe", "process"], true, false),
+            (
+                &["--disable-probe", "syscalls", "--disable-probe", "process"],
+                false,
+                false,
+            ),
+            (&["--disable-probe", "process,syscalls"], false, false),
+        ];
+        for (args, syscalls, process) in cases {
+            let config = Config::load(&parse(args)).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(
+                (config.syscalls.enabled, config.process.enabled),
+                (syscalls, process),
+                "{args:?}"
+            );
+        }
+        // A flag turns off a probe the file enabled; it cannot turn one on.
+        let mut config = from_str("[process]\nenabled = true\n");
+        config
+            .apply_overrides(&parse(&["--disable-probe=process"]))
+            .expect("no bad override");
+        assert!(!config.process.enabled);
+    }
+
+    #[test]
+    fn bad_flag_values_name_the_flag() {
+        for (args, flag) in [
+            (&["--disable-probe", "network"][..], "--disable-probe"),
+            (&["--disable-probe", "syscalls,"][..], "--disable-probe"),
+            (&["--syscall-hook", "kprobe"][..], "--syscall-hook"),
+            (&["--log-format", "yaml"][..], "--log-format"),
+            (&["--max-workloads", "lots"][..], "--max-workloads"),
+            (&["--read-interval", "10 parsecs"][..], "--read-interval"),
+        ] {
+            let message = parse_err(args);
+            assert!(
+                message.contains(flag),
+                "{args:?} should name {flag}: {message}"
+            );
+        }
+        let message = parse_err(&["--disable-probe", "network"]);
+        assert!(
+            message.contains("syscalls") && message.contains("process"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn bad_override_values_name_the_flag_and_env() {
+        for (args, flag, env) in [
+            (
+                &["--listen", "localhost:9464"][..],
+                "--listen",
+                "TENANTSCOPE_LISTEN",
+            ),
+            (
+                &["--listen", "0.0.0.0"][..],
+                "--listen",
+                "TENANTSCOPE_LISTEN",
+            ),
+            (
+                &["--max-workloads", "0"][..],
+                "--max-workloads",
+                "TENANTSCOPE_MAX_WORKLOADS",
+            ),
+            (
+                &["--read-interval", "100ms"][..],
+                "--read-interval",
+                "TENANTSCOPE_READ_INTERVAL",
+            ),
+            (&["--log-level", ""][..], "--log-level", "TENANTSCOPE_LOG"),
+        ] {
+            let error = Config::load(&parse(args)).unwrap_err();
+            match &error {
+                ConfigError::Override {
+                    flag: f, env: e, ..
+                } if *f == flag && *e == env => {}
+                other => panic!("{args:?}: expected an Override error for {flag}, got {other:?}"),
+            }
+            let message = error.to_string();
+            assert!(
+                message.contains(flag) && message.contains(env) && message.contains(args[1]),
+                "{args:?}: {message}"
+            );
+        }
+        let message = Config::load(&parse(&["--max-workloads", "0"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("workloads.max must be between 1 and 100000"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn each_flag_reads_its_env_var() {
+        let command = Cli::command();
+        let env_of = |id: &str| {
+            command
+                .get_arguments()
+                .find(|arg| arg.get_id() == id)
+                .unwrap_or_else(|| panic!("no argument {id}"))
+                .get_env()
+                .map(|env| env.to_string_lossy().into_owned())
+        };
+        for (id, env) in [
+            ("config", "TENANTSCOPE_CONFIG"),
+            ("listen", "TENANTSCOPE_LISTEN"),
+            ("log_level", "TENANTSCOPE_LOG"),
+            ("log_format", "TENANTSCOPE_LOG_FORMAT"),
+            ("max_workloads", "TENANTSCOPE_MAX_WORKLOADS"),
+            ("syscall_hook", "TENANTSCOPE_SYSCALL_HOOK"),
+            ("read_interval", "TENANTSCOPE_READ_INTERVAL"),
+            ("disable_probes", "TENANTSCOPE_DISABLE_PROBES"),
+        ] {
+            assert_eq!(env_of(id).as_deref(), Some(env), "{id}");
+        }
+        assert_eq!(env_of("check_config"), None);
+    }
+
+    /// The environment is process-global and clap reads it while parsing, so setting it here would
+    /// race with other tests; instead this reruns the test binary, limited to `env_child`, with
+    /// the environment that test expects.
+    #[test]
+    fn env_sits_between_flags_and_file() {
+        let path = temp_config(
+            "env",
+            "[log]\nlevel = \"warn\"\nformat = \"text\"\n\
+             [syscalls]\nread_interval = \"20s\"\nhook = \"tracepoint\"\n\
+             [process]\nrescan_interval = \"1m\"\n\
+             [workloads]\nmax = 5\n",
+        );
+        let test = format!("{}::env_child", module_path!().split_once("::").unwrap().1);
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child.args([
+            "--exact",
+            &test,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ]);
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("TENANTSCOPE_") {
+                child.env_remove(name);
+            }
+        }
+        let output = child
+            .env("TENANTSCOPE_TEST_ENV_CHILD", "1")
+            .env("TENANTSCOPE_CONFIG", &path)
+            .env("TENANTSCOPE_LISTEN", "127.0.0.1:19464")
+            .env("TENANTSCOPE_LOG", "debug")
+            .env("TENANTSCOPE_LOG_FORMAT", "json")
+            .env("TENANTSCOPE_MAX_WORKLOADS", "6")
+            .env("TENANTSCOPE_SYSCALL_HOOK", "raw-tracepoint")
+            .env("TENANTSCOPE_READ_INTERVAL", "30s")
+            .env("TENANTSCOPE_DISABLE_PROBES", "syscalls,process")
+            .output()
+            .expect("the test binary should rerun");
+        std::fs::remove_file(&path).ok();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && stdout.contains("1 passed"),
+            "{test} should run once and pass:\n{stdout}\n{stderr}"
+        );
+    }
+
+    #[test]
+    #[ignore = "the child half of env_sits_between_flags_and_file, which sets its environment"]
+    fn env_child() {
+        if std::env::var_os("TENANTSCOPE_TEST_ENV_CHILD").is_none() {
+            eprintln!("env_child: nothing to check without the environment its parent sets");
+            return;
+        }
+        // The config file comes from TENANTSCOPE_CONFIG; the flag beats TENANTSCOPE_MAX_WORKLOADS.
+        let cli = Cli::try_parse_from(["tenantscope-agent", "--max-workloads", "7"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let config = Config::load(&cli).unwrap_or_else(|e| panic!("{e}"));
+
+        let mut expected = Config::default();
+        // Flag over env over file.
+        expected.workloads.max = 7;
+        // Env over file.
+        expected.log.level = "debug".into();
+        expected.log.format = LogFormat::Json;
+        expected.syscalls.read_interval = Duration::from_secs(30);
+        expected.syscalls.hook = SyscallHook::RawTracepoint;
+        // Env over default.
+        expected.server.listen = "127.0.0.1:19464".parse().expect("valid address");
+        expected.syscalls.enabled = false;
+        expected.process.enabled = false;
+        // File over default.
+        expected.process.rescan_interval = Duration::from_secs(60);
+        assert_eq!(config, expected);
+    }
+
+    #[test]
+    fn help_renders() {
+        Cli::command().debug_assert();
+        let help = Cli::command().render_long_help().to_string();
+        for needle in [
+            "eBPF",
+            "Examples:",
+            "--check-config",
+            "TENANTSCOPE_DISABLE_PROBES",
+            "raw-tracepoint",
+            "syscalls.read_interval",
+            "Precedence",
+        ] {
+            assert!(
+                help.contains(needle),
+                "--help should mention {needle}:\n{help}"
+            );
+        }
+        let short = Cli::command().render_help().to_string();
+        assert!(
+            short.contains("Examples:"),
+            "-h should show the examples:\n{short}"
+        );
+    }
+
+    #[test]
+    fn check_config_flag() {
+        assert!(parse(&["--check-config"]).check_config);
+        assert!(!parse(&[]).check_config);
+    }
+}

@@ -1,4 +1,10 @@
 //! Tenantscope node agent. `main.rs` is wiring; the logic lives here:
-//! `probes` (kernel I/O) -> `aggregate` (pure) -> `metrics` (exposition) -> `server` (HTTP).
+//! `probes` (kernel I/O) -> `workload` + `aggregate` (pure) -> `telemetry` (exposition) ->
+//! `server` (HTTP), driven by the `agent` loop.
+pub mod agent;
+pub mod aggregate;
 pub mod config;
+pub mod probes;
+pub mod server;
+pub mod telemetry;
 pub mod workload;

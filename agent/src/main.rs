@@ -1,1 +1,128 @@
-fn main() { let o = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tenantscope")); println!("{}", o.len()); }
+//! `tenantscope-agent`: wiring only. See the library crate for the logic.
+
+use std::{process::ExitCode, sync::Arc, time::Duration};
+
+use clap::Parser as _;
+use tenantscope_agent::{
+    agent::{Agent, Health},
+    config::{Cli, Config, LogFormat},
+    server,
+    telemetry::{SnapshotCollector, Telemetry},
+};
+use tokio::sync::watch;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match Config::load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tenantscope-agent: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        print!("{}", cfg.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&cfg);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tenantscope-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("tenantscope-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+
+    let listener = server::bind(cfg.server.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {} (server.listen / --listen)",
+            cfg.server.listen
+        )
+    })?;
+    let telemetry = Telemetry::default();
+    let collector = Arc::new(SnapshotCollector::default());
+    let registry = Arc::new(telemetry.register(collector.clone()));
+    // Stalled if the loop has not turned for 3 read intervals (it also turns on every poll).
+    let health = Arc::new(Health::new(
+        cfg.syscalls.read_interval * 3 + Duration::from_secs(5),
+    ));
+
+    let agent = Agent::start(cfg.clone(), telemetry, collector, health.clone())?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut server_stop = stop_rx.clone();
+    let server = tokio::spawn(server::serve(
+        listener,
+        server::router(registry, health),
+        async move {
+            let _ = server_stop.wait_for(|s| *s).await;
+        },
+    ));
+    tracing::info!(
+        metrics = %format!("http://{}/metrics", cfg.server.listen),
+        probes = ?agent.probe_states().iter().map(|(n, s)| format!("{n}={}", s.as_str())).collect::<Vec<_>>(),
+        "tenantscope-agent running"
+    );
+
+    let mut agent_stop = stop_rx;
+    let agent_task = agent.run(async move {
+        let _ = agent_stop.wait_for(|s| *s).await;
+    });
+    tokio::pin!(agent_task);
+    tokio::select! {
+        () = &mut agent_task => {}
+        sig = shutdown_signal() => {
+            tracing::info!(signal = sig, "shutting down");
+            let _ = stop_tx.send(true);
+            agent_task.await;
+        }
+    }
+    let _ = stop_tx.send(true);
+    server
+        .await
+        .context("metrics server task")?
+        .context("metrics server")?;
+    tracing::info!("stopped; all probes detached");
+    Ok(())
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match cfg.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

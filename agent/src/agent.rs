@@ -1,0 +1,429 @@
+//! The agent's I/O shell: one task owns all state and reacts to timers and ring-buffer
+//! readiness. The logic it drives (`workload`, `aggregate`, decoding) is pure.
+
+use std::{
+    collections::HashSet,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use tenantscope_agent_common::{
+    counters,
+    syscalls::{SyscallKey, SyscallStats},
+};
+use tokio::{io::unix::AsyncFd, time::MissedTickBehavior};
+
+use crate::{
+    aggregate::SyscallAggregator,
+    config::Config,
+    probes::{self, Loaded, ProbeError, ProbeState, process, syscalls},
+    telemetry::{MapLabels, ProbeKindLabels, ProbeLabels, Published, SnapshotCollector, Telemetry},
+    workload::{ProcessTable, TableStats, Workload, procfs},
+};
+
+/// Liveness and readiness, shared with the HTTP server.
+#[derive(Debug)]
+pub struct Health {
+    started: Instant,
+    /// Milliseconds since `started` at the last loop iteration.
+    last_loop_ms: AtomicU64,
+    /// Set once probes were attached (or failed) and the first read cycle completed.
+    ready: AtomicBool,
+    /// A loop iteration older than this means the agent is stuck.
+    stall_after: Duration,
+}
+
+impl Health {
+    pub fn new(stall_after: Duration) -> Self {
+        Self {
+            started: Instant::now(),
+            last_loop_ms: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
+            stall_after,
+        }
+    }
+
+    fn beat(&self) {
+        self.last_loop_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn is_live(&self) -> bool {
+        let last = Duration::from_millis(self.last_loop_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last) < self.stall_after
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+pub struct Agent {
+    cfg: Config,
+    loaded: Loaded,
+    syscalls: Option<syscalls::SyscallsProbe>,
+    /// The process probe's ring buffer, registered with the runtime's epoll.
+    process_events: Option<AsyncFd<RingBuf<MapData>>>,
+    probes: Vec<(&'static str, ProbeState)>,
+    table: ProcessTable,
+    agg: SyscallAggregator,
+    telemetry: Telemetry,
+    collector: Arc<SnapshotCollector>,
+    health: Arc<Health>,
+    proc_root: PathBuf,
+    own_tgid: u32,
+    buf: Vec<(SyscallKey, SyscallStats)>,
+    kernel_counters: [u64; counters::COUNT as usize],
+    /// Ring-buffer drops seen at the last `/proc` rescan: new drops mean missed exec events,
+    /// so the next rescan also re-reads known processes.
+    drops_at_rescan: u64,
+    last_table_stats: TableStats,
+}
+
+impl Agent {
+    /// Loads the kernel object and attaches every enabled probe. Only failures that leave the
+    /// agent with nothing to do (privileges, object load) are errors; a probe that fails to
+    /// attach is logged and reported in metrics.
+    pub fn start(
+        cfg: Config,
+        telemetry: Telemetry,
+        collector: Arc<SnapshotCollector>,
+        health: Arc<Health>,
+    ) -> Result<Self, ProbeError> {
+        let own_tgid = std::process::id();
+        let mut loaded = probes::load(&probes::LoadOptions {
+            agent_tgid: own_tgid,
+            syscall_stats_entries: cfg.syscalls.max_map_entries,
+            process_ringbuf_bytes: cfg.process.ringbuf_bytes,
+        })?;
+        let mut probes = Vec::new();
+
+        // Process events first: workload identity should be current before syscalls count.
+        let process_events = if cfg.process.enabled {
+            let attached = process::attach(&mut loaded.ebpf).and_then(|p| {
+                // SAFETY: the RingBuf owns its fd, which stays open as long as the AsyncFd.
+                unsafe { AsyncFd::register(p.events) }
+                    .map_err(|e| ProbeError::Poll(e.into_parts().1))
+            });
+            report(&mut probes, process::NAME, attached)
+        } else {
+            probes.push((process::NAME, ProbeState::Disabled));
+            None
+        };
+        let syscalls = if cfg.syscalls.enabled {
+            report(
+                &mut probes,
+                syscalls::NAME,
+                syscalls::attach(&mut loaded.ebpf, cfg.syscalls.hook),
+            )
+        } else {
+            probes.push((syscalls::NAME, ProbeState::Disabled));
+            None
+        };
+
+        Ok(Self {
+            table: ProcessTable::new(cfg.workloads.max, cfg.workloads.idle_ttl),
+            cfg,
+            loaded,
+            syscalls,
+            process_events,
+            probes,
+            agg: SyscallAggregator::default(),
+            telemetry,
+            collector,
+            health,
+            proc_root: PathBuf::from("/proc"),
+            own_tgid,
+            buf: Vec::new(),
+            kernel_counters: [0; counters::COUNT as usize],
+            drops_at_rescan: 0,
+            last_table_stats: TableStats::default(),
+        })
+    }
+
+    pub fn probe_states(&self) -> &[(&'static str, ProbeState)] {
+        &self.probes
+    }
+
+    /// Runs until `shutdown` resolves, then returns; dropping `self` detaches everything.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        self.rescan(true);
+        self.read_cycle();
+        self.health.ready.store(true, Ordering::Relaxed);
+
+        let mut read_tick = ticker(self.cfg.syscalls.read_interval);
+        let mut poll_tick = ticker(self.cfg.process.poll_interval);
+        let mut rescan_tick = ticker(self.cfg.process.rescan_interval);
+        tokio::pin!(shutdown);
+        enum Wake {
+            Stop,
+            Events,
+            Read,
+            Rescan,
+        }
+        loop {
+            self.health.beat();
+            let wake = tokio::select! {
+                () = &mut shutdown => Wake::Stop,
+                () = readable(self.process_events.as_ref()) => Wake::Events,
+                _ = poll_tick.tick() => Wake::Events,
+                _ = read_tick.tick() => Wake::Read,
+                _ = rescan_tick.tick() => Wake::Rescan,
+            };
+            match wake {
+                Wake::Stop => break,
+                Wake::Events => self.drain_events(),
+                Wake::Read => self.read_cycle(),
+                Wake::Rescan => self.rescan(false),
+            }
+        }
+        tracing::info!("detaching probes");
+    }
+
+    /// Applies every queued process event.
+    fn drain_events(&mut self) {
+        let Some(ring) = self.process_events.as_mut() else {
+            return;
+        };
+        let ring = ring.get_mut();
+        let now = Instant::now();
+        while let Some(item) = ring.next() {
+            match process::decode(&item) {
+                Ok(ev) => {
+                    self.telemetry
+                        .events
+                        .get_or_create(&ProbeKindLabels {
+                            probe: process::NAME,
+                            kind: ev.kind(),
+                        })
+                        .inc();
+                    apply(&mut self.table, &self.proc_root, &self.telemetry, ev, now);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "skipping undecodable process event");
+                    self.telemetry
+                        .decode_errors
+                        .get_or_create(&ProbeLabels {
+                            probe: process::NAME,
+                        })
+                        .inc();
+                }
+            }
+        }
+    }
+
+    /// Reads the kernel aggregates, folds them into workloads, deletes the entries of exited
+    /// processes and publishes a new snapshot.
+    fn read_cycle(&mut self) {
+        self.drain_events();
+        let t0 = Instant::now();
+        if let Some(probe) = self.syscalls.as_mut() {
+            let errors = probe.read(&mut self.buf);
+            if errors > 0 {
+                self.telemetry
+                    .map_read_errors
+                    .get_or_create(&MapLabels {
+                        map: "SYSCALL_STATS",
+                    })
+                    .inc_by(errors);
+            }
+            // Processes we never heard of (started before a dropped event): ask /proc once.
+            let unknown: HashSet<u32> = self
+                .buf
+                .iter()
+                .map(|(k, _)| k.tgid)
+                .filter(|t| !self.table.contains(*t))
+                .collect();
+            for tgid in unknown {
+                self.telemetry.proc_reads.inc();
+                match procfs::read_workload(&self.proc_root, tgid) {
+                    Some(w) => self.table.upsert(tgid, w, t0),
+                    None => {
+                        self.table.upsert(tgid, Workload::Unknown, t0);
+                        self.table.exit(tgid, t0);
+                    }
+                }
+            }
+            let table = &mut self.table;
+            self.agg.fold(&self.buf, |tgid| table.label(tgid, t0));
+
+            let exited: HashSet<u32> = self.table.exited().into_iter().collect();
+            for (key, _) in self.buf.iter().filter(|(k, _)| exited.contains(&k.tgid)) {
+                if let Err(e) = probe.remove(key) {
+                    tracing::debug!(error = %e, "deleting SYSCALL_STATS entry");
+                    self.telemetry
+                        .map_read_errors
+                        .get_or_create(&MapLabels {
+                            map: "SYSCALL_STATS",
+                        })
+                        .inc();
+                }
+                self.agg.forget(key);
+            }
+            for tgid in exited {
+                self.table.remove(tgid, t0);
+            }
+            self.telemetry
+                .map_entries
+                .get_or_create(&MapLabels {
+                    map: "SYSCALL_STATS",
+                })
+                .set(self.agg.tracked_keys() as i64);
+        } else {
+            // Without the syscalls probe nothing folds exited processes; forget them here.
+            for tgid in self.table.exited() {
+                self.table.remove(tgid, t0);
+            }
+        }
+        let expired = self.table.expire(t0);
+        self.agg.drop_workloads(&expired);
+
+        if let Err(e) = self.loaded.read_counters(&mut self.kernel_counters) {
+            tracing::debug!(error = %e, "reading KERNEL_COUNTERS");
+            self.telemetry
+                .map_read_errors
+                .get_or_create(&MapLabels {
+                    map: "KERNEL_COUNTERS",
+                })
+                .inc();
+        }
+        self.publish();
+        self.telemetry
+            .read_duration
+            .observe(t0.elapsed().as_secs_f64());
+    }
+
+    /// Reconciles the table with `/proc`: adds processes we have no event for, marks gone ones
+    /// exited. After ring-buffer drops it also re-reads known processes (a missed exec).
+    fn rescan(&mut self, initial: bool) {
+        let now = Instant::now();
+        let listed = match procfs::list_tgids(&self.proc_root) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list /proc");
+                return;
+            }
+        };
+        let drops = self.kernel_counters[counters::PROCESS_EVENTS_DROPPED as usize];
+        let refresh_known = drops != self.drops_at_rescan;
+        self.drops_at_rescan = drops;
+        let listed_set: HashSet<u32> = listed.iter().copied().collect();
+        for tgid in self.table.live() {
+            if !listed_set.contains(&tgid) {
+                self.table.exit(tgid, now);
+            }
+        }
+        for tgid in listed {
+            if tgid == self.own_tgid || (self.table.contains(tgid) && !refresh_known) {
+                continue;
+            }
+            self.telemetry.proc_reads.inc();
+            if let Some(w) = procfs::read_workload(&self.proc_root, tgid) {
+                self.table.upsert(tgid, w, now);
+            }
+        }
+        if initial {
+            tracing::info!(
+                processes = self.table.processes(),
+                "initial /proc scan done"
+            );
+        }
+    }
+
+    fn publish(&mut self) {
+        let stats = self.table.stats();
+        self.telemetry
+            .workload_overflow
+            .inc_by(stats.overflowed_processes - self.last_table_stats.overflowed_processes);
+        self.telemetry
+            .workloads_expired
+            .inc_by(stats.expired_workloads - self.last_table_stats.expired_workloads);
+        self.last_table_stats = stats;
+        self.telemetry.workloads.set(self.table.workloads() as i64);
+        self.telemetry.processes.set(self.table.processes() as i64);
+        self.collector.publish(Published {
+            syscalls: self.agg.snapshot(),
+            kernel_counters: self.kernel_counters,
+            probes: self.probes.iter().map(|(n, s)| (*n, s.as_str())).collect(),
+        });
+    }
+}
+
+fn report<T>(
+    probes: &mut Vec<(&'static str, ProbeState)>,
+    name: &'static str,
+    r: Result<T, ProbeError>,
+) -> Option<T> {
+    match r {
+        Ok(p) => {
+            tracing::info!(probe = name, "probe attached");
+            probes.push((name, ProbeState::Attached));
+            Some(p)
+        }
+        Err(e) => {
+            tracing::error!(probe = name, error = %e, "probe failed to attach; other probes keep running");
+            probes.push((name, ProbeState::Failed(e.to_string())));
+            None
+        }
+    }
+}
+
+/// Applies one process event to the table, reading `/proc` only when the event alone does not
+/// say what the process is.
+fn apply(
+    table: &mut ProcessTable,
+    proc_root: &std::path::Path,
+    t: &Telemetry,
+    ev: process::Event,
+    now: Instant,
+) {
+    match ev {
+        process::Event::Fork { child, parent } => {
+            if !table.fork(child, parent, now) {
+                t.proc_reads.inc();
+                let w = procfs::read_workload(proc_root, child).unwrap_or(Workload::Unknown);
+                table.upsert(child, w, now);
+            }
+        }
+        process::Event::Exec { tgid, comm } => {
+            // exec keeps the cgroup but a process may have been moved into a container's cgroup
+            // just before (runc does this), so read it again.
+            t.proc_reads.inc();
+            let cgroup =
+                std::fs::read_to_string(proc_root.join(tgid.to_string()).join("cgroup")).ok();
+            let w = match (
+                Workload::from_proc(cgroup.as_deref(), &comm),
+                table.workload(tgid),
+            ) {
+                // Gone already: keep a container identity learnt earlier.
+                (Workload::Host { .. }, Some(Workload::Container(c))) if cgroup.is_none() => {
+                    Workload::Container(c.clone())
+                }
+                (w, _) => w,
+            };
+            table.upsert(tgid, w, now);
+        }
+        process::Event::Exit { tgid } => table.exit(tgid, now),
+    }
+}
+
+fn ticker(period: Duration) -> tokio::time::Interval {
+    let mut i = tokio::time::interval(period);
+    i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    i
+}
+
+async fn readable(fd: Option<&AsyncFd<RingBuf<MapData>>>) {
+    match fd {
+        Some(fd) => match fd.readable().await {
+            Ok(mut guard) => guard.clear_ready(),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}

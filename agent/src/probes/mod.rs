@@ -1,0 +1,241 @@
+//! Kernel I/O: load the embedded eBPF object, attach each probe, hand out its maps.
+//!
+//! A probe that fails to attach is reported (logs and `tenantscope_agent_probe_status`) and the
+//! others keep working. Dropping [`Loaded`] detaches every link and closes every map and program
+//! fd; nothing is pinned, so the kernel frees them all.
+
+pub mod process;
+pub mod syscalls;
+
+use std::path::{Path, PathBuf};
+
+use aya::{Ebpf, EbpfLoader, maps::PerCpuArray, programs::ProgramError};
+use tenantscope_agent_common::counters;
+
+/// The kernel programs, built by `build.rs` from `agent-ebpf`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tenantscope"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "not privileged: loading eBPF programs needs root or the capabilities CAP_BPF and \
+         CAP_PERFMON (effective capabilities here: {effective:#x}); run as root, or grant them \
+         (e.g. `setcap cap_bpf,cap_perfmon,cap_dac_read_search,cap_sys_ptrace+ep tenantscope-agent`)"
+    )]
+    NotPrivileged { effective: u64 },
+    #[error("loading the eBPF object failed: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error(
+        "tracefs is not mounted (looked for {}/events and /sys/kernel/debug/tracing/events); \
+         mount it with `mount -t tracefs tracefs /sys/kernel/tracing` or run `cargo xtask setup`",
+        .0.display()
+    )]
+    NoTracefs(PathBuf),
+    #[error("program {0} is missing from the eBPF object (build mismatch)")]
+    MissingProgram(&'static str),
+    #[error("map {0} is missing from the eBPF object (build mismatch)")]
+    MissingMap(&'static str),
+    #[error("loading program {program} failed: {source}")]
+    ProgramLoad {
+        program: &'static str,
+        source: ProgramError,
+    },
+    #[error("attaching {program} to {target} failed: {source}")]
+    Attach {
+        program: &'static str,
+        target: String,
+        source: ProgramError,
+    },
+    #[error("tracepoint {tracepoint} has an unexpected layout: {detail}")]
+    Layout {
+        tracepoint: &'static str,
+        detail: String,
+    },
+    #[error("cannot poll the ring buffer: {0}")]
+    Poll(#[source] std::io::Error),
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
+}
+
+/// Where a probe stands; exported as `tenantscope_agent_probe_status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeState {
+    Attached,
+    Failed(String),
+    Disabled,
+}
+
+impl ProbeState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Attached => "attached",
+            Self::Failed(_) => "failed",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
+/// Settings that must be fixed before the object is loaded.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub agent_tgid: u32,
+    pub syscall_stats_entries: u32,
+    pub process_ringbuf_bytes: u32,
+}
+
+/// The loaded object and the failure counters shared by all probes.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub counters: PerCpuArray<aya::maps::MapData, u64>,
+}
+
+/// Checks privileges, then loads (but does not attach) every program's object and map.
+pub fn load(opts: &LoadOptions) -> Result<Loaded, ProbeError> {
+    check_privileges()?;
+    raise_memlock();
+    let mut ebpf = EbpfLoader::new()
+        .override_global("AGENT_TGID", &opts.agent_tgid, true)
+        .map_max_entries("SYSCALL_STATS", opts.syscall_stats_entries)
+        .map_max_entries("PROCESS_EVENTS", opts.process_ringbuf_bytes)
+        .load(EBPF_OBJECT)
+        .map_err(|e| match &e {
+            aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EPERM) =>
+            {
+                ProbeError::NotPrivileged {
+                    effective: effective_caps(),
+                }
+            }
+            _ => ProbeError::Load(Box::new(e)),
+        })?;
+    let counters = take_map(&mut ebpf, "KERNEL_COUNTERS")?;
+    Ok(Loaded { ebpf, counters })
+}
+
+impl Loaded {
+    /// Sums the per-CPU failure counters; a failed read leaves that slot at its last value.
+    pub fn read_counters(
+        &self,
+        into: &mut [u64; counters::COUNT as usize],
+    ) -> Result<(), ProbeError> {
+        for (i, slot) in into.iter_mut().enumerate() {
+            let values = self
+                .counters
+                .get(&(i as u32), 0)
+                .map_err(|source| ProbeError::Map {
+                    map: "KERNEL_COUNTERS",
+                    source,
+                })?;
+            *slot = values.iter().fold(0u64, |a, v| a.wrapping_add(*v));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| ProbeError::Map { map: name, source })
+}
+
+/// The tracefs mount, as aya looks for it.
+pub fn tracefs() -> Result<PathBuf, ProbeError> {
+    let primary = Path::new("/sys/kernel/tracing");
+    for p in [primary, Path::new("/sys/kernel/debug/tracing")] {
+        if p.join("events").is_dir() {
+            return Ok(p.to_owned());
+        }
+    }
+    Err(ProbeError::NoTracefs(primary.to_owned()))
+}
+
+/// Offset of `field` in a tracefs `format` file (`field:<type> <name>;\toffset:N;...`).
+pub fn format_field_offset(format: &str, field: &str) -> Option<usize> {
+    format.lines().find_map(|line| {
+        let line = line.trim();
+        let decl = line.strip_prefix("field:")?.split(';').next()?;
+        let name = decl
+            .rsplit(|c: char| c.is_whitespace() || c == '*')
+            .next()?;
+        let name = name.split('[').next()?;
+        if name != field {
+            return None;
+        }
+        let off = line
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("offset:"))?;
+        off.parse().ok()
+    })
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+fn check_privileges() -> Result<(), ProbeError> {
+    let caps = effective_caps();
+    let has = |c: u32| caps & (1 << c) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        Ok(())
+    } else {
+        Err(ProbeError::NotPrivileged { effective: caps })
+    }
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones use the memory cgroup.
+/// Raising it needs CAP_SYS_RESOURCE, which a least-privilege agent may not hold: not fatal.
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `task:task_newtask` format as printed by tracefs on Linux 6.18.
+    const NEWTASK: &str = "name: task_newtask\nID: 205\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;\n\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;\n\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n\tfield:pid_t pid;\toffset:8;\tsize:4;\tsigned:1;\n\tfield:char comm[16];\toffset:12;\tsize:16;\tsigned:0;\n\tfield:u64 clone_flags;\toffset:32;\tsize:8;\tsigned:0;\n\tfield:short oom_score_adj;\toffset:40;\tsize:2;\tsigned:1;\n";
+
+    #[test]
+    fn parses_tracefs_format_offsets() {
+        assert_eq!(format_field_offset(NEWTASK, "pid"), Some(8));
+        assert_eq!(format_field_offset(NEWTASK, "comm"), Some(12));
+        assert_eq!(format_field_offset(NEWTASK, "clone_flags"), Some(32));
+        assert_eq!(format_field_offset(NEWTASK, "common_pid"), Some(4));
+        assert_eq!(format_field_offset(NEWTASK, "missing"), None);
+        assert_eq!(format_field_offset("garbage\nfield:;;offset:x;", "x"), None);
+    }
+
+    #[test]
+    fn probe_state_names_match_exported_states() {
+        for s in [
+            ProbeState::Attached,
+            ProbeState::Failed("x".into()),
+            ProbeState::Disabled,
+        ] {
+            assert!(crate::telemetry::PROBE_STATES.contains(&s.as_str()));
+        }
+    }
+}

@@ -1,0 +1,440 @@
+//! Every metric the agent exports is named here, in one place.
+//!
+//! Live counters (events, errors) are prometheus-client metrics updated by the main loop; state
+//! derived from kernel maps is published once per read cycle as a [`Published`] snapshot and
+//! encoded by [`SnapshotCollector`] at scrape time.
+
+use std::{
+    fmt::Write as _,
+    sync::{Arc, Mutex},
+};
+
+use prometheus_client::{
+    encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet},
+    metrics::{
+        MetricType, counter::Counter, family::Family, gauge::Gauge, histogram::Histogram,
+        info::Info,
+    },
+    registry::{Registry, Unit},
+};
+use tenantscope_agent_common::counters;
+
+use crate::aggregate::SyscallSeries;
+
+/// Content type of `/metrics` for clients that accept OpenMetrics (Prometheus does).
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Content type of the classic text format, served to every other client.
+pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+pub const SYSCALL_DURATION: &str = "tenantscope_syscall_duration";
+pub const SYSCALL_ERRORS: &str = "tenantscope_syscall_errors";
+pub const PROBE_STATUS: &str = "tenantscope_agent_probe_status";
+pub const RINGBUF_DROPS: &str = "tenantscope_agent_ringbuf_dropped_events";
+pub const KERNEL_ERRORS: &str = "tenantscope_agent_kernel_errors";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeKindLabels {
+    pub probe: &'static str,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    pub probe: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabels {
+    pub map: &'static str,
+}
+
+/// Live self-metrics, cheap to clone (all handles are `Arc`s).
+#[derive(Clone, Debug)]
+pub struct Telemetry {
+    pub events: Family<ProbeKindLabels, Counter>,
+    pub decode_errors: Family<ProbeLabels, Counter>,
+    pub map_read_errors: Family<MapLabels, Counter>,
+    pub map_entries: Family<MapLabels, Gauge>,
+    pub workloads: Gauge,
+    pub processes: Gauge,
+    pub workload_overflow: Counter,
+    pub workloads_expired: Counter,
+    pub read_duration: Histogram,
+    pub proc_reads: Counter,
+}
+
+/// What the main loop publishes after each read of the kernel maps.
+#[derive(Debug, Default, Clone)]
+pub struct Published {
+    pub syscalls: Vec<SyscallSeries>,
+    /// Cumulative kernel failure counters, indexed like `counters::ALL`.
+    pub kernel_counters: [u64; counters::COUNT as usize],
+    /// `(probe, status)`: status is one of [`PROBE_STATES`].
+    pub probes: Vec<(&'static str, &'static str)>,
+}
+
+/// The values of the `status` label of `tenantscope_agent_probe_status`.
+pub const PROBE_STATES: [&str; 3] = ["attached", "failed", "disabled"];
+
+/// Encodes a [`Published`] snapshot at scrape time.
+#[derive(Debug, Default)]
+pub struct SnapshotCollector {
+    pub published: Mutex<Arc<Published>>,
+}
+
+impl SnapshotCollector {
+    pub fn publish(&self, p: Published) {
+        *self.published.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(p);
+    }
+
+    fn current(&self) -> Arc<Published> {
+        self.published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl prometheus_client::collector::Collector for SnapshotCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let p = self.current();
+
+        let mut e = encoder.encode_descriptor(
+            SYSCALL_DURATION,
+            "Syscall latency from entry to exit, per workload, aggregated in the kernel.",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        let mut per_bucket = Vec::new();
+        for s in &p.syscalls {
+            // The encoder takes per-bucket counts (it accumulates) and an explicit +Inf bucket.
+            per_bucket.clear();
+            let mut prev = 0;
+            for &(le, cumulative) in &s.buckets {
+                per_bucket.push((le, cumulative - prev));
+                prev = cumulative;
+            }
+            per_bucket.push((f64::INFINITY, s.count - prev));
+            let labels = [("syscall", s.syscall), ("workload", &*s.workload)];
+            e.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                s.sum_seconds,
+                s.count,
+                &per_bucket,
+                None,
+            )?;
+        }
+
+        let mut e = encoder.encode_descriptor(
+            SYSCALL_ERRORS,
+            "Syscalls that returned an error (-4095..-1), per workload.",
+            None,
+            MetricType::Counter,
+        )?;
+        for s in &p.syscalls {
+            let labels = [("syscall", s.syscall), ("workload", &*s.workload)];
+            e.encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&s.errors, None)?;
+        }
+
+        let mut e = encoder.encode_descriptor(
+            PROBE_STATUS,
+            "1 for the current status of each probe (attached, failed or disabled), 0 otherwise.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (probe, status) in &p.probes {
+            for state in PROBE_STATES {
+                let labels = [("probe", *probe), ("status", state)];
+                e.encode_family(&labels)?
+                    .encode_gauge(&i64::from(state == *status))?;
+            }
+        }
+
+        let mut e = encoder.encode_descriptor(
+            RINGBUF_DROPS,
+            "Events the kernel could not queue because the ring buffer was full.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (i, probe, kind) in counters::ALL {
+            if kind == "ringbuf_full" {
+                let v = p.kernel_counters[i as usize];
+                e.encode_family(&[("probe", probe)])?
+                    .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+            }
+        }
+
+        let mut e = encoder.encode_descriptor(
+            KERNEL_ERRORS,
+            "Failure paths taken in kernel programs, by probe and kind.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (i, probe, kind) in counters::ALL {
+            if kind != "ringbuf_full" {
+                let v = p.kernel_counters[i as usize];
+                let labels = [("probe", probe), ("kind", kind)];
+                e.encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self {
+            events: Family::default(),
+            decode_errors: Family::default(),
+            map_read_errors: Family::default(),
+            map_entries: Family::default(),
+            workloads: Gauge::default(),
+            processes: Gauge::default(),
+            workload_overflow: Counter::default(),
+            workloads_expired: Counter::default(),
+            // 0.5 ms .. ~4 s: a read of a full map is tens of milliseconds.
+            read_duration: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 14),
+            ),
+            proc_reads: Counter::default(),
+        }
+    }
+}
+
+impl Telemetry {
+    /// Registers every agent metric; returns the registry served on `/metrics`.
+    pub fn register(&self, collector: Arc<SnapshotCollector>) -> Registry {
+        let mut r = Registry::default();
+        r.register(
+            "tenantscope_agent_build",
+            "Build information of the running agent",
+            Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION").to_owned()),
+                ("target_arch", std::env::consts::ARCH.to_owned()),
+            ]),
+        );
+        r.register(
+            "tenantscope_agent_events",
+            "Events received from kernel ring buffers, by probe and kind",
+            self.events.clone(),
+        );
+        r.register(
+            "tenantscope_agent_event_decode_errors",
+            "Ring-buffer events that could not be decoded and were skipped",
+            self.decode_errors.clone(),
+        );
+        r.register(
+            "tenantscope_agent_map_read_errors",
+            "Failed reads or deletes of kernel maps",
+            self.map_read_errors.clone(),
+        );
+        r.register(
+            "tenantscope_agent_map_entries",
+            "Entries in a kernel map at the last read (capacity planning for max_map_entries)",
+            self.map_entries.clone(),
+        );
+        r.register(
+            "tenantscope_agent_workloads",
+            "Distinct workload label values currently exported (bounded by workloads.max)",
+            self.workloads.clone(),
+        );
+        r.register(
+            "tenantscope_agent_processes",
+            "Processes the agent tracks",
+            self.processes.clone(),
+        );
+        r.register(
+            "tenantscope_agent_workload_overflow",
+            "Processes counted under workload=\"_other\" because workloads.max was reached",
+            self.workload_overflow.clone(),
+        );
+        r.register(
+            "tenantscope_agent_workloads_expired",
+            "Workload series removed after workloads.idle_ttl without a live process",
+            self.workloads_expired.clone(),
+        );
+        r.register(
+            "tenantscope_agent_proc_reads",
+            "Reads of /proc/<pid> to identify a process",
+            self.proc_reads.clone(),
+        );
+        r.register_with_unit(
+            "tenantscope_agent_map_read_duration",
+            "Time to read and fold the kernel aggregation maps, per read cycle",
+            Unit::Seconds,
+            self.read_duration.clone(),
+        );
+        r.register_collector(Box::new(collector));
+        r
+    }
+}
+
+/// Renders the registry as OpenMetrics text.
+pub fn encode(registry: &Registry) -> String {
+    let mut out = String::with_capacity(64 * 1024);
+    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
+        // Only a fmt::Write into a String; it cannot fail short of OOM. Keep the output valid.
+        out.clear();
+        let _ = writeln!(out, "# EOF");
+    }
+    out
+}
+
+/// Whether an `Accept` header asks for OpenMetrics (Prometheus lists it first when it does).
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| a.contains("application/openmetrics-text"))
+}
+
+/// Rewrites OpenMetrics text into the classic Prometheus text format (0.0.4), for clients that
+/// do not negotiate OpenMetrics (curl, promtool). Same samples; the differences are only
+/// syntactic: counter and info families are named with their `_total`/`_info` suffix, `# UNIT`
+/// and `# EOF` are dropped, exemplars are removed.
+pub fn to_prometheus_text(om: &str) -> String {
+    let mut types = std::collections::HashMap::new();
+    for line in om.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some((name, ty)) = rest.split_once(' ')
+        {
+            types.insert(name, ty);
+        }
+    }
+    let family = |name: &str| -> (String, Option<&str>) {
+        match types.get(name).copied() {
+            Some("counter") => (format!("{name}_total"), Some("counter")),
+            Some("info") => (format!("{name}_info"), Some("gauge")),
+            Some("unknown") => (name.to_owned(), Some("untyped")),
+            other => (name.to_owned(), other),
+        }
+    };
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            let _ = writeln!(out, "# HELP {} {help}", family(name).0);
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split_once(' ').map_or(rest, |(n, _)| n);
+            let (renamed, ty) = family(name);
+            let _ = writeln!(out, "# TYPE {renamed} {}", ty.unwrap_or("untyped"));
+        } else if line.starts_with('#') {
+            // `# UNIT`, `# EOF`: no equivalent in the classic format.
+        } else {
+            out.push_str(strip_exemplar(line));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Cuts ` # {exemplar} ...` off a sample line, ignoring `#` inside quoted label values.
+fn strip_exemplar(line: &str) -> &str {
+    let bytes = line.as_bytes();
+    let (mut in_quotes, mut escaped) = (false, false);
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if in_quotes => escaped = true,
+            b'"' => in_quotes = !in_quotes,
+            b'#' if !in_quotes && i > 0 && bytes[i - 1] == b' ' => return line[..i - 1].trim_end(),
+            _ => {}
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::SyscallSeries;
+
+    fn sample_registry() -> Registry {
+        let t = Telemetry::default();
+        t.events
+            .get_or_create(&ProbeKindLabels {
+                probe: "process",
+                kind: "exec",
+            })
+            .inc_by(3);
+        let c = Arc::new(SnapshotCollector::default());
+        let mut buckets: Vec<(f64, u64)> = Vec::new();
+        for (i, le) in [0.001, 0.004].into_iter().enumerate() {
+            buckets.push((le, (i as u64 + 1) * 2));
+        }
+        c.publish(Published {
+            syscalls: vec![SyscallSeries {
+                workload: "we\"ird # \\name".into(),
+                syscall: "read",
+                count: 5,
+                errors: 1,
+                sum_seconds: 0.01,
+                buckets,
+            }],
+            kernel_counters: [7, 0, 2, 0],
+            probes: vec![("syscalls", "attached"), ("process", "failed")],
+        });
+        t.register(c)
+    }
+
+    #[test]
+    fn openmetrics_exposition() {
+        let om = encode(&sample_registry());
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        assert!(om.contains("# TYPE tenantscope_syscall_duration_seconds histogram"));
+        // Per-bucket counts 2, 2 and the rest (1) in +Inf, cumulated by the encoder.
+        assert!(om.contains(r##"tenantscope_syscall_duration_seconds_bucket{le="0.001",syscall="read",workload="we\"ird # \\name"} 2"##), "{om}");
+        assert!(om.contains(r##"le="0.004",syscall="read",workload="we\"ird # \\name"} 4"##));
+        assert!(om.contains(r##"le="+Inf",syscall="read",workload="we\"ird # \\name"} 5"##));
+        assert!(om.contains(
+            r##"tenantscope_syscall_errors_total{syscall="read",workload="we\"ird # \\name"} 1"##
+        ));
+        assert!(
+            om.contains(r##"tenantscope_agent_probe_status{probe="process",status="failed"} 1"##)
+        );
+        assert!(
+            om.contains(r##"tenantscope_agent_probe_status{probe="process",status="attached"} 0"##)
+        );
+        assert!(
+            om.contains(r##"tenantscope_agent_ringbuf_dropped_events_total{probe="process"} 7"##)
+        );
+        assert!(om.contains(
+            r##"tenantscope_agent_kernel_errors_total{probe="syscalls",kind="unpaired_exit"} 2"##
+        ));
+        assert!(om.contains("tenantscope_agent_build_info{"));
+        assert!(
+            om.lines()
+                .filter(|l| l.starts_with("# HELP"))
+                .all(|l| !l.ends_with("..")),
+            "help texts end with exactly one period"
+        );
+    }
+
+    #[test]
+    fn classic_text_conversion() {
+        let text = to_prometheus_text(&encode(&sample_registry()));
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
+        assert!(text.contains("# TYPE tenantscope_agent_events_total counter"));
+        assert!(text.contains("# HELP tenantscope_agent_events_total "));
+        assert!(text.contains("# TYPE tenantscope_agent_build_info gauge"));
+        assert!(text.contains("# TYPE tenantscope_syscall_duration_seconds histogram"));
+        assert!(
+            text.contains(r##"workload="we\"ird # \\name"} 5"##),
+            "quoted # kept: {text}"
+        );
+    }
+
+    #[test]
+    fn exemplars_are_stripped_and_negotiation() {
+        assert_eq!(
+            strip_exemplar(r##"a_bucket{le="1"} 3 # {trace_id="ab"} 0.5 1.7e9"##),
+            r##"a_bucket{le="1"} 3"##
+        );
+        assert_eq!(strip_exemplar(r##"a{x="# y"} 1"##), r##"a{x="# y"} 1"##);
+        assert_eq!(strip_exemplar(r##"a{x="\" # "} 1"##), r##"a{x="\" # "} 1"##);
+        assert!(wants_openmetrics(Some(
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+        )));
+        assert!(!wants_openmetrics(Some("text/plain")));
+        assert!(!wants_openmetrics(None));
+    }
+}
