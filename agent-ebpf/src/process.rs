@@ -82,7 +82,11 @@ fn emit(kind: u32, tgid: u32, ppid: u32) {
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         comm,
     });
-    let flags = if PROCESS_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
+    // Exec events wake the consumer at once: it must read /proc/<pid>/cgroup while the process
+    // still exists. Fork and exit events can wait for the batch or the consumer's timer.
+    let flags = if kind == EXEC_KIND
+        || PROCESS_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES
+    {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

@@ -76,6 +76,8 @@ pub struct Agent {
     collector: Arc<SnapshotCollector>,
     health: Arc<Health>,
     proc_root: PathBuf,
+    /// cgroup v2 mount, to resolve the cgroup ids carried by exec events.
+    cgroup2: Option<PathBuf>,
     own_tgid: u32,
     buf: Vec<(SyscallKey, SyscallStats)>,
     kernel_counters: [u64; counters::COUNT as usize],
@@ -138,6 +140,9 @@ impl Agent {
             collector,
             health,
             proc_root: PathBuf::from("/proc"),
+            cgroup2: std::fs::read_to_string("/proc/self/mountinfo")
+                .ok()
+                .and_then(|m| procfs::cgroup2_mount(&m)),
             own_tgid,
             buf: Vec::new(),
             kernel_counters: [0; counters::COUNT as usize],
@@ -202,7 +207,15 @@ impl Agent {
                             kind: ev.kind(),
                         })
                         .inc();
-                    apply(&mut self.table, &self.proc_root, &self.telemetry, ev, now);
+                    let cgroup2 = self.cgroup2.as_deref();
+                    apply(
+                        &mut self.table,
+                        &self.proc_root,
+                        cgroup2,
+                        &self.telemetry,
+                        ev,
+                        now,
+                    );
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "skipping undecodable process event");
@@ -378,6 +391,7 @@ fn report<T>(
 fn apply(
     table: &mut ProcessTable,
     proc_root: &std::path::Path,
+    cgroup2: Option<&std::path::Path>,
     t: &Telemetry,
     ev: process::Event,
     now: Instant,
@@ -390,17 +404,28 @@ fn apply(
                 table.upsert(child, w, now);
             }
         }
-        process::Event::Exec { tgid, comm } => {
-            // exec keeps the cgroup but a process may have been moved into a container's cgroup
-            // just before (runc does this), so read it again.
+        process::Event::Exec {
+            tgid,
+            comm,
+            cgroup_id,
+        } => {
+            // A process may have been moved into a container's cgroup just before exec (runc
+            // does this), so the cgroup is read again: from /proc while the process lives,
+            // else from the cgroup v2 id the kernel recorded (short-lived processes).
             t.proc_reads.inc();
-            let cgroup =
+            let mut cgroup =
                 std::fs::read_to_string(proc_root.join(tgid.to_string()).join("cgroup")).ok();
+            if cgroup.is_none()
+                && let Some(mount) = cgroup2
+                && let Some(path) = procfs::cgroup_v2_path(mount, cgroup_id)
+            {
+                cgroup = Some(format!("0::{path}\n"));
+            }
             let w = match (
                 Workload::from_proc(cgroup.as_deref(), &comm),
                 table.workload(tgid),
             ) {
-                // Gone already: keep a container identity learnt earlier.
+                // Nothing left to read: keep a container identity learnt earlier.
                 (Workload::Host { .. }, Some(Workload::Container(c))) if cgroup.is_none() => {
                     Workload::Container(c.clone())
                 }

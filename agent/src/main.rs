@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     let cfg = match Config::load(&cli) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("tenantscope-agent: invalid configuration: {e}");
+            eprintln!("tenantscope-agent: {e}");
             return ExitCode::from(2);
         }
     };

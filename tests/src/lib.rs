@@ -1,1 +1,338 @@
+//! Harness for the privileged tests: start the real agent binary, scrape it, stop it.
+//!
+//! Tests that need root call [`privileged`]: without root they print why they skip, unless
+//! `TENANTSCOPE_REQUIRE_PRIVILEGED=1` (set by `cargo xtask test`), where skipping is a failure.
 
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+/// Returns false (after printing the reason) when the test must skip for lack of root.
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: plain getter.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let reason = "needs root (loads eBPF programs)";
+    if std::env::var("TENANTSCOPE_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+        panic!("{test}: {reason}, and TENANTSCOPE_REQUIRE_PRIVILEGED=1 forbids skipping");
+    }
+    eprintln!("SKIP {test}: {reason}");
+    false
+}
+
+/// The agent binary: `TENANTSCOPE_AGENT_BIN`, else next to this test's target directory.
+pub fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TENANTSCOPE_AGENT_BIN") {
+        return p.into();
+    }
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/tenantscope-agent
+    let exe = std::env::current_exe().expect("current_exe");
+    let p = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("tenantscope-agent");
+    assert!(
+        p.exists(),
+        "{} missing: build it first (`cargo build -p tenantscope-agent`; `cargo xtask test` does)",
+        p.display()
+    );
+    p
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Agents observe every process on the machine, so two tests with agents would see each
+/// other's loads: tests in one binary take turns (cargo runs test binaries one at a time).
+static ONE_AGENT_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// A running agent, killed on drop if the test did not stop it.
+pub struct Agent {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub log: PathBuf,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl Agent {
+    /// Starts the agent with `args` (plus a free port and a 1 s read interval) and waits until
+    /// `/readyz` answers 200.
+    pub fn start(args: &[&str]) -> Agent {
+        Self::start_with(Command::new(agent_bin()), args)
+    }
+
+    /// Like [`Agent::start`] with a prepared command (e.g. a wrapper such as `unshare`).
+    pub fn start_with(mut cmd: Command, args: &[&str]) -> Agent {
+        let turn = ONE_AGENT_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("tenantscope-agent-{port}.log"));
+        let log_file = std::fs::File::create(&log).expect("log file");
+        cmd.args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--read-interval",
+            "1s",
+        ])
+        .args(args)
+        .env("TENANTSCOPE_LOG", "info,tenantscope_agent=debug")
+        .stdout(Stdio::null())
+        .stderr(log_file);
+        let child = cmd.spawn().expect("spawn agent");
+        let mut agent = Agent {
+            child: Some(child),
+            port,
+            log,
+            _turn: turn,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = agent.child.as_mut().unwrap().try_wait().expect("try_wait") {
+                panic!("agent exited early with {status}:\n{}", agent.log_text());
+            }
+            if matches!(agent.get("/readyz"), Some((200, _))) {
+                return agent;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent not ready after 30 s:\n{}",
+                agent.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `GET path` with an optional Accept header; `(status, body)`.
+    pub fn get_with(&self, path: &str, accept: Option<&str>) -> Option<(u16, String)> {
+        http_get(self.port, path, accept)
+    }
+
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        self.get_with(path, None)
+    }
+
+    /// `/metrics` in the classic text format, parsed.
+    pub fn metrics(&self) -> Metrics {
+        let (status, body) = self.get("/metrics").expect("scrape");
+        assert_eq!(status, 200, "{body}");
+        Metrics::parse(&body)
+    }
+
+    /// Scrapes until `pred` holds or `timeout` passes; returns the last scrape.
+    pub fn wait_metrics(&self, timeout: Duration, pred: impl Fn(&Metrics) -> bool) -> Metrics {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let m = self.metrics();
+            if pred(&m) || Instant::now() > deadline {
+                return m;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// SIGTERM, then wait up to 15 s.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(s) = child.try_wait().expect("try_wait") {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "agent did not stop within 15 s of SIGTERM:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Minimal HTTP/1.0 GET against 127.0.0.1 (the server is ours; no client crate needed).
+pub fn http_get(port: u16, path: &str, accept: Option<&str>) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{accept}\r\n").ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_owned()))
+}
+
+/// One sample of the classic text format.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Parsed `/metrics`.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub samples: Vec<Sample>,
+    pub raw: String,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let samples = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| parse_sample(l).unwrap_or_else(|| panic!("unparsable sample line: {l}")))
+            .collect();
+        Metrics {
+            samples,
+            raw: text.to_owned(),
+        }
+    }
+
+    /// Samples named `name` whose labels include all of `labels`.
+    pub fn find<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&str, &str)],
+    ) -> impl Iterator<Item = &'a Sample> + 'a {
+        self.samples.iter().filter(move |s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+    }
+
+    /// The value of the single sample matching, if any.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut it = self.find(name, labels);
+        let first = it.next()?.value;
+        assert!(
+            it.next().is_none(),
+            "{name} {labels:?} matches several samples"
+        );
+        Some(first)
+    }
+
+    /// Sum over all samples matching.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.find(name, labels).map(|s| s.value).sum()
+    }
+}
+
+fn parse_sample(line: &str) -> Option<Sample> {
+    let (name, rest) = match line.find('{') {
+        Some(i) => (&line[..i], &line[i..]),
+        None => {
+            let (n, v) = line.split_once(' ')?;
+            return Some(Sample {
+                name: n.into(),
+                labels: BTreeMap::new(),
+                value: parse_value(v)?,
+            });
+        }
+    };
+    let mut labels = BTreeMap::new();
+    let bytes = rest.as_bytes();
+    let mut i = 1;
+    loop {
+        if bytes.get(i) == Some(&b'}') {
+            i += 1;
+            break;
+        }
+        let eq = rest[i..].find('=')? + i;
+        let key = rest[i..eq].trim_start_matches(',').to_owned();
+        let mut j = eq + 2; // skip ="
+        let mut val = String::new();
+        while bytes.get(j)? != &b'"' {
+            if bytes[j] == b'\\' {
+                j += 1;
+                val.push(match bytes.get(j)? {
+                    b'n' => '\n',
+                    c => *c as char,
+                });
+            } else {
+                let ch = rest[j..].chars().next()?;
+                val.push(ch);
+                j += ch.len_utf8() - 1;
+            }
+            j += 1;
+        }
+        labels.insert(key, val);
+        i = j + 1;
+        if bytes.get(i) == Some(&b',') {
+            i += 1;
+        }
+    }
+    Some(Sample {
+        name: name.into(),
+        labels,
+        value: parse_value(rest[i..].trim())?,
+    })
+}
+
+fn parse_value(v: &str) -> Option<f64> {
+    match v.split_whitespace().next()? {
+        "+Inf" => Some(f64::INFINITY),
+        "-Inf" => Some(f64::NEG_INFINITY),
+        x => x.parse().ok(),
+    }
+}
+
+/// Runs the load generator (file name = comm) to completion.
+pub fn run_load(bin: &std::path::Path, args: &[&str]) {
+    let status = Command::new(bin).args(args).status().expect("spawn load");
+    assert!(status.success(), "{} {args:?}: {status}", bin.display());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_samples() {
+        let m = Metrics::parse(
+            "# HELP x y\na_total 3\nb{x=\"1\",y=\"q\\\"u,o}te\"} 2.5\nc_bucket{le=\"+Inf\"} 7\n",
+        );
+        assert_eq!(m.get("a_total", &[]), Some(3.0));
+        assert_eq!(m.get("b", &[("y", "q\"u,o}te")]), Some(2.5));
+        assert_eq!(m.get("c_bucket", &[("le", "+Inf")]), Some(7.0));
+    }
+}

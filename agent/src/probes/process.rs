@@ -17,9 +17,19 @@ pub const NAME: &str = "process";
 /// A decoded process event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Fork { child: u32, parent: u32 },
-    Exec { tgid: u32, comm: String },
-    Exit { tgid: u32 },
+    Fork {
+        child: u32,
+        parent: u32,
+    },
+    /// `cgroup_id` is the cgroup v2 id of the process (the root cgroup's on v1-only hosts).
+    Exec {
+        tgid: u32,
+        comm: String,
+        cgroup_id: u64,
+    },
+    Exit {
+        tgid: u32,
+    },
 }
 
 impl Event {
@@ -59,6 +69,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         EXEC_KIND => Ok(Event::Exec {
             tgid: ev.tgid,
             comm: comm_from_bytes(&ev.comm),
+            cgroup_id: ev.cgroup_id,
         }),
         EXIT_KIND => Ok(Event::Exit { tgid: ev.tgid }),
         k => Err(DecodeError::Kind(k)),

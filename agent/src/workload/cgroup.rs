@@ -55,7 +55,7 @@ pub struct ContainerRef {
 }
 
 impl ContainerRef {
-    /// The first 12 characters of the id, as `docker ps` and `crictl ps` print it.
+    /// The first 12 characters of the id, as `docker ps` prints it.
     pub fn short_id(&self) -> &str {
         // The fields are public, so the id may not be one this module produced.
         self.id.get(..12).unwrap_or(&self.id)
@@ -88,7 +88,7 @@ pub fn container_from_proc_cgroup(contents: &str) -> Option<ContainerRef> {
 
 /// Splits `id:controllers:path` into (is the cgroup v2 line, path).
 fn split_line(line: &str) -> Option<(bool, &str)> {
-    // splitn: the path itself may contain ':' (see `colon_triple` in the tests).
+    // splitn: the path itself may contain `:` (testdata/containerd-systemd-triple-v1.cgroup).
     let mut fields = line.trim().splitn(3, ':');
     let (id, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
     if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) || !path.starts_with('/') {
@@ -120,8 +120,9 @@ const PREFIXES: &[(&str, Option<Runtime>)] = &[
 ];
 
 fn container_from_path(path: &str) -> Option<ContainerRef> {
-    // ':' separates components too: containerd set to the systemd driver under a kubelet using
-    // cgroupfs writes the systemd triple `<pod slice>:cri-containerd:<id>` as one directory name.
+    // ':' separates components too: a kubelet on the systemd driver passes the triple
+    // `<pod slice>:cri-containerd:<id>` as cgroupsPath, and a runc left on cgroupfs (containerd's
+    // SystemdCgroup = false) uses it as one directory name.
     // "." and ".." appear when the reader is in another cgroup namespace than the process.
     let parts: Vec<&str> = path
         .split(['/', ':'])
@@ -447,14 +448,28 @@ mod tests {
 
     #[test]
     fn monitors_are_not_containers() {
-        // Podman's conmon scope, named as in a real podman log: "Running conmon under slice
-        // machine.slice and unitName libpod-conmon-6dd05e91...scope".
-        let id = "6dd05e91f00f99281f70b1fd90a29e5cc30b0dab243cb7cfb6153d8017872394";
-        let conmon = format!("0::/machine.slice/libpod-conmon-{id}.scope\n");
-        assert_eq!(container_from_proc_cgroup(&conmon), None, "libpod-conmon");
-        // CRI-O's conmon in the pod slice, as systemd-cgtop lists it on an OpenShift node.
-        let conmon = "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0185634f_eef8_427e_a2c5_884d45bc5503.slice/crio-conmon-78283d52a8505805e4138f05dcecc6e90fd1c3f6fbc0261b4654f3d763c5ed97.scope\n";
-        assert_eq!(container_from_proc_cgroup(conmon), None, "crio-conmon");
+        // testdata/crio-conmon-v2.cgroup is a real one (conmon_cgroup = "system.slice"). conmon
+        // can also sit beside the container, as `<prefix>-conmon-<id>.scope` in the same parent:
+        // derive those from real container samples.
+        for (file, contents, prefix, conmon) in [
+            (
+                "crio-systemd-v2.cgroup",
+                include_str!("testdata/crio-systemd-v2.cgroup"),
+                "/crio-",
+                "/crio-conmon-",
+            ),
+            (
+                "podman-rootful-v2.cgroup",
+                include_str!("testdata/podman-rootful-v2.cgroup"),
+                "/libpod-",
+                "/libpod-conmon-",
+            ),
+        ] {
+            assert!(container_from_proc_cgroup(contents).is_some(), "{file}");
+            // podman's conmon scope has no `/container` sub-cgroup.
+            let monitor = contents.replace(prefix, conmon).replace("/container", "");
+            assert_eq!(container_from_proc_cgroup(&monitor), None, "{monitor:?}");
+        }
     }
 
     #[test]
