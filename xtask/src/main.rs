@@ -1,1 +1,55 @@
-fn main() {}
+//! `cargo xtask <command>`: the project's developer and CI tasks. Wiring only; each command lives
+//! in its own module.
+
+mod bench;
+mod run;
+mod setup;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Tenantscope developer and CI tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what this machine needs to build, run and test the project (idempotent)
+    Setup,
+    /// Run the whole suite, as CI does: setup, fmt, clippy (userspace and eBPF), build, tests
+    Test,
+    /// Set up, build the release agent and run it in the foreground
+    Run {
+        /// Arguments for tenantscope-agent (after `--`)
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Benchmark one probe
+    Bench {
+        probe: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Cmd::Setup => setup::setup(),
+        Cmd::Test => test::test(),
+        Cmd::Run { args } => run::run(args),
+        Cmd::Bench { probe, args } => bench::bench(probe, args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

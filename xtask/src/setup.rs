@@ -1,0 +1,299 @@
+//! `cargo xtask setup`: installs what a fresh machine of the project's kind (Debian 12, root, rustup
+//! with the toolchain pinned in rust-toolchain.toml) needs to build, run and test the project.
+//! Every step checks first, so a second run only reads state; steps that need root and find
+//! something missing say how to fix it and make setup fail at the end.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+use crate::util::{self, command, output, succeeds};
+
+/// Components of the pinned toolchain: clippy and rustfmt for `cargo xtask test`, rust-src for
+/// `-Z build-std=core` when building the eBPF crate.
+const COMPONENTS: &[&str] = &["rust-src", "clippy", "rustfmt"];
+
+/// The bpf-linker release that works with the aya 0.14 line (shared/docs/toolchain.md).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages the project needs on the machine, and what uses each.
+const APT_PACKAGES: &[&str] = &[
+    // promtool (checks the exposition output) and a real Prometheus server that scrapes the agent
+    // in the privileged tests.
+    "prometheus",
+    // `ip netns`/veth: network namespaces for the privileged tests.
+    "iproute2",
+    // ps, pgrep, sysctl: tests find and inspect processes and kernel settings.
+    "procps",
+    // setpriv (runs the agent unprivileged in a test); mount and mountpoint for this setup.
+    "util-linux",
+    // Scrapes /metrics, /healthz and /readyz in tests and by hand.
+    "curl",
+];
+
+/// Filesystems the agent needs: tracefs (`TracePoint::attach` reads it) and bpffs.
+const MOUNTS: &[Mount] = &[
+    Mount {
+        name: "tracefs",
+        fstype: "tracefs",
+        path: "/sys/kernel/tracing",
+    },
+    Mount {
+        name: "bpffs",
+        fstype: "bpf",
+        path: "/sys/fs/bpf",
+    },
+];
+
+struct Mount {
+    name: &'static str,
+    fstype: &'static str,
+    path: &'static str,
+}
+
+/// What one step found or did.
+enum Outcome {
+    Present,
+    Installed(String),
+    /// Something is missing and only root can add it: what is missing, and the fix.
+    NeedsRoot {
+        missing: String,
+        fix: String,
+    },
+}
+
+pub fn setup() -> anyhow::Result<()> {
+    let root = util::is_root();
+    let toolchain = pinned_toolchain()?;
+    let mut need_root = Vec::new();
+    let mut report = |step: String, outcome: Outcome| match outcome {
+        Outcome::Present => println!("setup: {step}: ok (present)"),
+        Outcome::Installed(what) => println!("setup: {step}: installed{what}"),
+        Outcome::NeedsRoot { missing, fix } => {
+            println!("setup: {step}: MISSING {missing}; needs root, fix with: {fix}");
+            need_root.push(step);
+        }
+    };
+
+    report(
+        format!("rustup components ({toolchain}: {})", COMPONENTS.join(", ")),
+        components(&toolchain)?,
+    );
+    report(
+        format!("bpf-linker {BPF_LINKER_VERSION}"),
+        bpf_linker(&toolchain)?,
+    );
+    report("apt packages".to_owned(), apt_packages(root)?);
+    for mount in MOUNTS {
+        report(
+            format!("{} at {}", mount.name, mount.path),
+            mounted(mount, root)?,
+        );
+    }
+
+    if !need_root.is_empty() {
+        bail!(
+            "setup: not root, and these steps need root: {}; run the fixes above (or `cargo xtask \
+             setup` as root)",
+            need_root.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// The `channel` of the workspace's rust-toolchain.toml, e.g. "1.95.0".
+fn pinned_toolchain() -> anyhow::Result<String> {
+    let path = util::workspace_root().join("rust-toolchain.toml");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("channel"))
+        .filter_map(|rest| rest.trim_start().strip_prefix('='))
+        .map(|value| value.trim().trim_matches('"').to_owned())
+        .find(|value| !value.is_empty())
+        .with_context(|| format!("no `channel = \"...\"` in {}", path.display()))
+}
+
+fn rustup_run(toolchain: &str, program: &str, args: &[&str]) -> Command {
+    let mut cmd = command("rustup", &["run", toolchain, program]);
+    cmd.args(args);
+    cmd
+}
+
+fn components(toolchain: &str) -> anyhow::Result<Outcome> {
+    let listed = command(
+        "rustup",
+        &["component", "list", "--installed", "--toolchain", toolchain],
+    );
+    let Ok(installed) = output(listed) else {
+        // The toolchain itself is missing (only possible when xtask was started through another
+        // one: the rustup proxy refuses to run cargo without the pinned toolchain).
+        let mut install = command(
+            "rustup",
+            &["toolchain", "install", toolchain, "--profile", "minimal"],
+        );
+        install.arg("--component").arg(COMPONENTS.join(","));
+        util::run(install)?;
+        return Ok(Outcome::Installed(format!(" (toolchain {toolchain})")));
+    };
+    // Listed as `rust-src`, or with the host triple: `clippy-x86_64-unknown-linux-gnu`.
+    let missing: Vec<&str> = COMPONENTS
+        .iter()
+        .copied()
+        .filter(|c| {
+            !installed
+                .lines()
+                .any(|l| l == *c || l.starts_with(&format!("{c}-")))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(Outcome::Present);
+    }
+    let mut add = command("rustup", &["component", "add", "--toolchain", toolchain]);
+    add.args(&missing);
+    util::run(add)?;
+    Ok(Outcome::Installed(format!(" ({})", missing.join(", "))))
+}
+
+/// bpf-linker built against the pinned toolchain's own libLLVM (shared/docs/toolchain.md). The
+/// binary is tied to that exact libLLVM file through its RUNPATH, so it is rebuilt whenever it
+/// does not run or resolves libLLVM from anywhere else (e.g. after a toolchain change).
+fn bpf_linker(toolchain: &str) -> anyhow::Result<Outcome> {
+    let sysroot =
+        PathBuf::from(output(rustup_run(toolchain, "rustc", &["--print", "sysroot"]))?.trim());
+    let lib = sysroot.join("lib");
+    if check_bpf_linker(&lib).is_ok() {
+        return Ok(Outcome::Present);
+    }
+
+    let version = output(rustup_run(toolchain, "rustc", &["-vV"]))?;
+    let llvm_major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("`rustc -vV` names no LLVM version")?;
+    let link_name = llvm_link_name(&lib)?;
+    let rustflags = format!(
+        "-L native={lib} -l dylib={link_name} -C link-arg=-Wl,-rpath,{lib}",
+        lib = lib.display()
+    );
+    let mut install = rustup_run(
+        toolchain,
+        "cargo",
+        &[
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+            "--force",
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{llvm_major},no-llvm-linking"),
+        ],
+    );
+    install
+        .env("RUSTFLAGS", rustflags)
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        // A temporary target dir: these RUSTFLAGS must not land in the project's build cache.
+        .env_remove("CARGO_TARGET_DIR");
+    println!(
+        "setup: bpf-linker: building (takes a few minutes): {}",
+        util::display(&install)
+    );
+    util::run(install)?;
+    check_bpf_linker(&lib).context("bpf-linker was installed but still does not check out")?;
+    Ok(Outcome::Installed(String::new()))
+}
+
+/// `libLLVM-22-rust-1.95.0-stable.so` in the sysroot's lib dir -> `LLVM-22-rust-1.95.0-stable`.
+fn llvm_link_name(lib: &Path) -> anyhow::Result<String> {
+    std::fs::read_dir(lib)
+        .with_context(|| format!("cannot list {}", lib.display()))?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .find_map(|name| {
+            let stem = name.strip_prefix("lib")?.strip_suffix(".so")?;
+            stem.starts_with("LLVM-").then(|| stem.to_owned())
+        })
+        .with_context(|| format!("no libLLVM-*.so in {}", lib.display()))
+}
+
+/// Fails unless `bpf-linker --version` names the wanted release and `ldd` resolves its libLLVM
+/// inside `lib` (both canonicalized: rustup toolchains may be symlinks).
+fn check_bpf_linker(lib: &Path) -> anyhow::Result<()> {
+    let bin = util::which("bpf-linker").context("bpf-linker is not on PATH")?;
+    let mut version = Command::new(&bin);
+    version.arg("--version");
+    let version = output(version)?;
+    if !version.contains(&format!("bpf-linker {BPF_LINKER_VERSION}")) {
+        bail!("{} is {}", bin.display(), version.trim());
+    }
+    let ldd = output(command("ldd", &[&bin]))?;
+    let llvm = ldd
+        .lines()
+        .filter(|l| l.contains("libLLVM"))
+        .find_map(|l| l.split("=>").nth(1)?.split_whitespace().next())
+        .with_context(|| format!("{} links no libLLVM", bin.display()))?;
+    let lib = lib.canonicalize()?;
+    let llvm = Path::new(llvm)
+        .canonicalize()
+        .with_context(|| format!("{} resolves libLLVM to {llvm}", bin.display()))?;
+    if !llvm.starts_with(&lib) {
+        bail!(
+            "{} uses {}, not one from {}",
+            bin.display(),
+            llvm.display(),
+            lib.display()
+        );
+    }
+    Ok(())
+}
+
+fn apt_packages(root: bool) -> anyhow::Result<Outcome> {
+    // One query for all; dpkg-query exits non-zero when a package is unknown but still prints the
+    // others, so read its output whatever the status.
+    let out = command("dpkg-query", &["-W", "-f=${Package} ${Status}\n"])
+        .args(APT_PACKAGES)
+        .output()
+        .context("cannot run dpkg-query")?;
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !listed
+                .lines()
+                .any(|l| l == format!("{p} install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(Outcome::Present);
+    }
+    let mut install = command("apt-get", &["install", "-y", "--no-install-recommends"]);
+    install
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    if !root {
+        return Ok(Outcome::NeedsRoot {
+            missing: missing.join(" "),
+            fix: format!("sudo apt-get update && sudo {}", util::display(&install)),
+        });
+    }
+    util::run(command("apt-get", &["update"]))?;
+    util::run(install)?;
+    Ok(Outcome::Installed(format!(" ({})", missing.join(", "))))
+}
+
+fn mounted(mount: &Mount, root: bool) -> anyhow::Result<Outcome> {
+    if succeeds(command("mountpoint", &["-q", mount.path])) {
+        return Ok(Outcome::Present);
+    }
+    let cmd = command("mount", &["-t", mount.fstype, mount.fstype, mount.path]);
+    if !root {
+        return Ok(Outcome::NeedsRoot {
+            missing: "mount".to_owned(),
+            fix: format!("sudo {}", util::display(&cmd)),
+        });
+    }
+    util::run(cmd)?;
+    Ok(Outcome::Installed(" (mounted)".to_owned()))
+}
