@@ -79,7 +79,7 @@ fn on_enter(nr: i64) {
     // SAFETY: ktime is always callable from tracing programs.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
     // Overwrite in place when the thread already has an entry: a lookup is cheaper than an update.
-    if let Some(p) = SYSCALL_START.get_ptr_mut(&tid) {
+    if let Some(p) = SYSCALL_START.get_ptr_mut(tid) {
         // SAFETY: the pointer is a live map value for this thread only.
         unsafe {
             (*p).ts_ns = ts_ns;
@@ -87,7 +87,7 @@ fn on_enter(nr: i64) {
         }
     } else {
         // An LRU insert cannot fail for lack of space; it evicts instead.
-        let _ = SYSCALL_START.insert(&tid, &SyscallStart { ts_ns, nr, _pad: 0 }, 0);
+        let _ = SYSCALL_START.insert(tid, SyscallStart { ts_ns, nr, _pad: 0 }, 0);
     }
 }
 
@@ -99,7 +99,7 @@ fn on_exit(ret: i64) {
         return;
     }
     let tid = id as u32;
-    let Some(start) = SYSCALL_START.get_ptr_mut(&tid) else {
+    let Some(start) = SYSCALL_START.get_ptr_mut(tid) else {
         count(counters::SYSCALL_UNPAIRED_EXIT);
         return;
     };
@@ -115,13 +115,13 @@ fn on_exit(ret: i64) {
     let dur = unsafe { bpf_ktime_get_ns() }.wrapping_sub(ts_ns);
 
     let key = SyscallKey { tgid, nr };
-    let stats = match SYSCALL_STATS.get_ptr_mut(&key) {
+    let stats = match SYSCALL_STATS.get_ptr_mut(key) {
         Some(p) => p,
         None => {
             // NOEXIST: another CPU may have inserted the key meanwhile; then the lookup below
             // finds it.
-            let _ = SYSCALL_STATS.insert(&key, &SyscallStats::ZERO, u64::from(BPF_NOEXIST));
-            match SYSCALL_STATS.get_ptr_mut(&key) {
+            let _ = SYSCALL_STATS.insert(key, SyscallStats::ZERO, u64::from(BPF_NOEXIST));
+            match SYSCALL_STATS.get_ptr_mut(key) {
                 Some(p) => p,
                 None => {
                     count(counters::SYSCALL_STATS_FULL);

@@ -80,7 +80,7 @@ fn counts_and_buckets(hook: &str) {
             &[("syscall", "nanosleep"), ("workload", w)],
         )
         .unwrap();
-    assert!(sum >= 0.2 && sum < 0.4, "nanosleep sum {sum}");
+    assert!((0.2..0.4).contains(&sum), "nanosleep sum {sum}");
     // getppid takes well under 4 µs; allow a few preempted outliers on a busy 2-core machine.
     let fast = bucket(&m, "getppid", w, "0.000004096");
     assert!(

@@ -34,8 +34,11 @@ fn flag(args: &[String], name: &str, default: u64) -> anyhow::Result<u64> {
 }
 
 /// Hook configurations compared, `None` meaning no agent running.
-const CONFIGS: [(&str, Option<&str>); 3] =
-    [("no agent", None), ("raw tracepoint", Some("raw-tracepoint")), ("classic tracepoint", Some("tracepoint"))];
+const CONFIGS: [(&str, Option<&str>); 3] = [
+    ("no agent", None),
+    ("raw tracepoint", Some("raw-tracepoint")),
+    ("classic tracepoint", Some("tracepoint")),
+];
 
 /// Per-syscall cost of the `syscalls` probe: a tight getppid loop (minimum over 7 repetitions of
 /// `--calls` calls) with no agent, with the raw-tracepoint hook and with the classic-tracepoint
@@ -44,10 +47,20 @@ fn syscalls(args: &[String]) -> anyhow::Result<()> {
     let rounds = flag(args, "--rounds", 7)? as usize;
     let calls = flag(args, "--calls", 1_000_000)?;
     util::run(util::cargo(&[
-        "build", "--release", "--locked", "-p", "tenantscope-agent", "-p", "tenantscope-tests", "--bins",
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "tenantscope-agent",
+        "-p",
+        "tenantscope-tests",
+        "--bins",
     ]))?;
     let release = util::target_dir()?.join("release");
-    let (agent, load) = (release.join("tenantscope-agent"), release.join("ts-syscall-load"));
+    let (agent, load) = (
+        release.join("tenantscope-agent"),
+        release.join("ts-syscall-load"),
+    );
 
     // ns per call, [config][round]
     let mut ns = vec![Vec::new(); CONFIGS.len()];
@@ -67,7 +80,12 @@ fn syscalls(args: &[String]) -> anyhow::Result<()> {
         eprintln!(
             "bench syscalls: round {}/{rounds}: {}",
             round + 1,
-            CONFIGS.iter().zip(&ns).map(|((n, _), v)| format!("{n} {:.1} ns", v[round])).collect::<Vec<_>>().join(", ")
+            CONFIGS
+                .iter()
+                .zip(&ns)
+                .map(|((n, _), v)| format!("{n} {:.1} ns", v[round]))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
 
@@ -87,7 +105,10 @@ fn syscalls(args: &[String]) -> anyhow::Result<()> {
         ));
     }
     let rss = median(&rss_kib.iter().map(|&k| k as f64).collect::<Vec<_>>());
-    report.push_str(&format!("\nAgent RSS while measured (median): {:.1} MiB\n", rss / 1024.0));
+    report.push_str(&format!(
+        "\nAgent RSS while measured (median): {:.1} MiB\n",
+        rss / 1024.0
+    ));
     println!("{report}");
     let out = util::target_dir()?.join("bench").join("syscalls.md");
     std::fs::create_dir_all(out.parent().expect("has parent"))?;
@@ -101,7 +122,9 @@ fn measure(load: &Path, calls: u64) -> anyhow::Result<f64> {
         &load.display().to_string(),
         &["--time", &calls.to_string(), "--rounds", "7", "--cpu", "1"],
     ))?;
-    out.trim().parse().with_context(|| format!("ts-syscall-load printed {out:?}"))
+    out.trim()
+        .parse()
+        .with_context(|| format!("ts-syscall-load printed {out:?}"))
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -111,7 +134,11 @@ fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     let n = s.len();
-    if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
 }
 
 /// An agent started for one measurement, pinned away from the measuring CPU.
@@ -125,7 +152,12 @@ impl Running {
         let child = Command::new("taskset")
             .args(["-c", "0"])
             .arg(bin)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--syscall-hook", hook])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--syscall-hook",
+                hook,
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -153,7 +185,10 @@ impl Running {
     }
 
     fn stop(mut self) -> anyhow::Result<()> {
-        util::run(util::command("kill", &["-TERM", &self.child.id().to_string()]))?;
+        util::run(util::command(
+            "kill",
+            &["-TERM", &self.child.id().to_string()],
+        ))?;
         let status = self.child.wait()?;
         if !status.success() {
             bail!("agent exited with {status}");
@@ -163,7 +198,9 @@ impl Running {
 }
 
 fn ready(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     if s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").is_err() {
         return false;

@@ -12,7 +12,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Tenantscope developer and CI tasks")]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "Tenantscope developer and CI tasks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,

@@ -195,7 +195,8 @@ mod tests {
             decode(&raw(EXEC_KIND, 11, 0, b"ts-syscall-load")),
             Ok(Event::Exec {
                 tgid: 11,
-                comm: "ts-syscall-load".into()
+                comm: "ts-syscall-load".into(),
+                cgroup_id: 1
             })
         );
         assert_eq!(

@@ -63,7 +63,11 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let time = arg(&args, "--time", 0);
     if time > 0 {
-        let ns = time_getppid(time, arg(&args, "--rounds", 7), arg(&args, "--cpu", 1) as usize);
+        let ns = time_getppid(
+            time,
+            arg(&args, "--rounds", 7),
+            arg(&args, "--cpu", 1) as usize,
+        );
         println!("{ns:.1}");
         return;
     }
