@@ -143,6 +143,29 @@ where
     T::try_from(map).map_err(|source| ProbeError::Map { map: name, source })
 }
 
+/// Loads `program` and attaches it to the classic tracepoint `category:name`.
+pub(crate) fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    category: &str,
+    name: &str,
+) -> Result<(), ProbeError> {
+    let p: &mut aya::programs::TracePoint = ebpf
+        .program_mut(program)
+        .ok_or(ProbeError::MissingProgram(program))?
+        .try_into()
+        .map_err(|source| ProbeError::ProgramLoad { program, source })?;
+    p.load()
+        .map_err(|source| ProbeError::ProgramLoad { program, source })?;
+    p.attach(category, name)
+        .map_err(|source| ProbeError::Attach {
+            program,
+            target: format!("tracepoint/{category}/{name}"),
+            source,
+        })?;
+    Ok(())
+}
+
 /// The tracefs mount, as aya looks for it.
 pub fn tracefs() -> Result<PathBuf, ProbeError> {
     let primary = Path::new("/sys/kernel/tracing");

@@ -3,7 +3,6 @@
 use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
-    programs::TracePoint,
 };
 use tenantscope_agent_common::process::{
     EXEC_KIND, EXIT_KIND, FORK_KIND, NEWTASK_CLONE_FLAGS_OFFSET, NEWTASK_PID_OFFSET, ProcessEvent,
@@ -91,7 +90,7 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<ProcessProbe, ProbeError> {
     check_newtask_layout(&tracefs)?;
     let mut attached = Vec::new();
     for (program, category, name) in PROGRAMS {
-        if let Err(e) = attach_one(ebpf, program, category, name) {
+        if let Err(e) = super::attach_tracepoint(ebpf, program, category, name) {
             for p in attached {
                 if let Some(aya::programs::Program::TracePoint(p)) = ebpf.program_mut(p) {
                     let _ = p.unload();
@@ -104,28 +103,6 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<ProcessProbe, ProbeError> {
     Ok(ProcessProbe {
         events: take_map(ebpf, "PROCESS_EVENTS")?,
     })
-}
-
-fn attach_one(
-    ebpf: &mut Ebpf,
-    program: &'static str,
-    category: &str,
-    name: &str,
-) -> Result<(), ProbeError> {
-    let p: &mut TracePoint = ebpf
-        .program_mut(program)
-        .ok_or(ProbeError::MissingProgram(program))?
-        .try_into()
-        .map_err(|source| ProbeError::ProgramLoad { program, source })?;
-    p.load()
-        .map_err(|source| ProbeError::ProgramLoad { program, source })?;
-    p.attach(category, name)
-        .map_err(|source| ProbeError::Attach {
-            program,
-            target: format!("tracepoint/{category}/{name}"),
-            source,
-        })?;
-    Ok(())
 }
 
 /// The kernel program reads `task_newtask` fields at fixed offsets; refuse to attach if this

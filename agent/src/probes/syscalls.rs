@@ -3,7 +3,7 @@
 use aya::{
     Ebpf,
     maps::{HashMap, MapData},
-    programs::{RawTracePoint, TracePoint},
+    programs::RawTracePoint,
 };
 use tenantscope_agent_common::syscalls::{SyscallKey, SyscallStats};
 
@@ -59,20 +59,7 @@ fn attach_raw(ebpf: &mut Ebpf, program: &'static str, tp: &str) -> Result<(), Pr
 }
 
 fn attach_tp(ebpf: &mut Ebpf, program: &'static str, name: &str) -> Result<(), ProbeError> {
-    let p: &mut TracePoint = ebpf
-        .program_mut(program)
-        .ok_or(ProbeError::MissingProgram(program))?
-        .try_into()
-        .map_err(|source| ProbeError::ProgramLoad { program, source })?;
-    p.load()
-        .map_err(|source| ProbeError::ProgramLoad { program, source })?;
-    p.attach("raw_syscalls", name)
-        .map_err(|source| ProbeError::Attach {
-            program,
-            target: format!("tracepoint/raw_syscalls/{name}"),
-            source,
-        })?;
-    Ok(())
+    super::attach_tracepoint(ebpf, program, "raw_syscalls", name)
 }
 
 /// Detaches and unloads a program attached earlier, when its partner failed to attach.
