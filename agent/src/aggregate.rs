@@ -79,15 +79,6 @@ impl SyscallAggregator {
         self.last.len()
     }
 
-    /// Kernel keys of one process (to delete them after it exited).
-    pub fn keys_of(&self, tgid: u32) -> Vec<SyscallKey> {
-        self.last
-            .keys()
-            .filter(|k| k.tgid == tgid)
-            .copied()
-            .collect()
-    }
-
     /// All series, sorted by workload then syscall name.
     pub fn snapshot(&self) -> Vec<SyscallSeries> {
         let mut out: Vec<SyscallSeries> = self
