@@ -6,6 +6,7 @@
 
 pub mod process;
 pub mod syscalls;
+pub mod tcp;
 
 /// Indices into the kernel's `KERNEL_COUNTERS` per-CPU array: every failure path in a kernel
 /// program increments one of these instead of logging.
@@ -18,8 +19,19 @@ pub mod counters {
     pub const SYSCALL_UNPAIRED_EXIT: u32 = 2;
     /// A syscall number outside the table was folded into `syscalls::NR_INVALID`.
     pub const SYSCALL_NR_OUT_OF_RANGE: u32 = 3;
+    /// A TCP event could not be reserved in the ring buffer (consumer too slow).
+    pub const TCP_EVENTS_DROPPED: u32 = 4;
+    /// A new (process, direction) key could not be inserted: `TCP_STATS` is full.
+    pub const TCP_STATS_FULL: u32 = 5;
+    /// A connection closed that `TCP_CONNS` did not hold (opened before the agent started, or
+    /// evicted because more than `tcp.max_connections` were open).
+    pub const TCP_CLOSE_UNTRACKED: u32 = 6;
+    /// A listener could not be recorded: `TCP_LISTENERS` is full.
+    pub const TCP_LISTENERS_FULL: u32 = 7;
+    /// Reading a socket field failed (`bpf_probe_read_kernel`); the event is sent incomplete.
+    pub const TCP_READ_FAILED: u32 = 8;
     /// Number of counters; the map has exactly this many slots.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 9;
 
     /// `(index, probe, kind)` for exposition; one row per counter above.
     pub const ALL: [(u32, &str, &str); COUNT as usize] = [
@@ -27,6 +39,11 @@ pub mod counters {
         (SYSCALL_STATS_FULL, "syscalls", "stats_map_full"),
         (SYSCALL_UNPAIRED_EXIT, "syscalls", "unpaired_exit"),
         (SYSCALL_NR_OUT_OF_RANGE, "syscalls", "nr_out_of_range"),
+        (TCP_EVENTS_DROPPED, "tcp", "ringbuf_full"),
+        (TCP_STATS_FULL, "tcp", "stats_map_full"),
+        (TCP_CLOSE_UNTRACKED, "tcp", "close_untracked"),
+        (TCP_LISTENERS_FULL, "tcp", "listeners_map_full"),
+        (TCP_READ_FAILED, "tcp", "read_failed"),
     ];
 }
 

@@ -8,6 +8,7 @@
 
 mod process;
 mod syscalls;
+mod tcp;
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 use tenantscope_agent_common::counters;
@@ -31,6 +32,24 @@ fn count(index: u32) {
     if let Some(p) = KERNEL_COUNTERS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
         unsafe { *p += 1 };
+    }
+}
+
+/// `lock *(u64 *)(dst) += v`: the BPF atomic add without fetch, available on every BPF ISA
+/// version (core's `AtomicU64::fetch_add` is not offered for the bpf target).
+///
+/// # Safety
+/// `dst` must point at a live, 8-byte aligned map value.
+#[inline(always)]
+pub(crate) unsafe fn atomic_add(dst: *mut u64, v: u64) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({dst} + 0) += {v}",
+            dst = in(reg) dst,
+            v = in(reg) v,
+            options(nostack),
+        );
     }
 }
 

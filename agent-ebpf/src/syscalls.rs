@@ -15,7 +15,7 @@ use tenantscope_agent_common::{
     syscalls::{self as common, NR_INVALID, NR_MAX, SyscallKey, SyscallStart, SyscallStats},
 };
 
-use crate::{agent_tgid, count};
+use crate::{agent_tgid, atomic_add, count};
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 
@@ -141,23 +141,5 @@ fn on_exit(ret: i64) {
         if common::is_error(ret) {
             atomic_add(&raw mut (*stats).errors, 1);
         }
-    }
-}
-
-/// `lock *(u64 *)(dst) += v`: the BPF atomic add without fetch, available on every BPF ISA
-/// version (core's `AtomicU64::fetch_add` is not offered for the bpf target).
-///
-/// # Safety
-/// `dst` must point at a live, 8-byte aligned map value.
-#[inline(always)]
-unsafe fn atomic_add(dst: *mut u64, v: u64) {
-    // SAFETY: guaranteed by the caller.
-    unsafe {
-        core::arch::asm!(
-            "lock *(u64 *)({dst} + 0) += {v}",
-            dst = in(reg) dst,
-            v = in(reg) v,
-            options(nostack),
-        );
     }
 }

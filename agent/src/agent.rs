@@ -15,15 +15,19 @@ use aya::maps::{MapData, RingBuf};
 use tenantscope_agent_common::{
     counters,
     syscalls::{SyscallKey, SyscallStats},
+    tcp::{TcpStats, TcpStatsKey},
 };
 use tokio::{io::unix::AsyncFd, time::MissedTickBehavior};
 
 use crate::{
-    aggregate::SyscallAggregator,
+    aggregate::{
+        SyscallAggregator,
+        tcp::{PeerNaming, TcpAggregator},
+    },
     config::Config,
-    probes::{self, Loaded, ProbeError, ProbeState, process, syscalls},
+    probes::{self, Loaded, ProbeError, ProbeState, process, syscalls, tcp},
     telemetry::{MapLabels, ProbeKindLabels, ProbeLabels, Published, SnapshotCollector, Telemetry},
-    workload::{ProcessTable, TableStats, Workload, procfs},
+    workload::{ProcessTable, TableStats, Workload, listeners, procfs},
 };
 
 /// Liveness and readiness, shared with the HTTP server.
@@ -69,6 +73,10 @@ pub struct Agent {
     syscalls: Option<syscalls::SyscallsProbe>,
     /// The process probe's ring buffer, registered with the runtime's epoll.
     process_events: Option<AsyncFd<RingBuf<MapData>>>,
+    tcp: Option<tcp::TcpProbe>,
+    tcp_events: Option<AsyncFd<RingBuf<MapData>>>,
+    tcp_agg: TcpAggregator,
+    tcp_buf: Vec<(TcpStatsKey, TcpStats)>,
     probes: Vec<(&'static str, ProbeState)>,
     table: ProcessTable,
     agg: SyscallAggregator,
@@ -98,10 +106,16 @@ impl Agent {
         health: Arc<Health>,
     ) -> Result<Self, ProbeError> {
         let own_tgid = std::process::id();
+        // Offsets must be known before load: they are patched into the object.
+        let tcp_offsets = cfg.tcp.enabled.then(tcp::resolve_offsets);
         let mut loaded = probes::load(&probes::LoadOptions {
             agent_tgid: own_tgid,
             syscall_stats_entries: cfg.syscalls.max_map_entries,
             process_ringbuf_bytes: cfg.process.ringbuf_bytes,
+            tcp_offsets: tcp_offsets.as_ref().and_then(|r| r.as_ref().ok()).copied(),
+            tcp_connections: cfg.tcp.max_connections,
+            tcp_stats_entries: cfg.tcp.max_map_entries,
+            tcp_ringbuf_bytes: cfg.tcp.ringbuf_bytes,
         })?;
         let mut probes = Vec::new();
 
@@ -128,7 +142,36 @@ impl Agent {
             None
         };
 
+        let (tcp, tcp_events) = match tcp_offsets {
+            None => {
+                probes.push((tcp::NAME, ProbeState::Disabled));
+                (None, None)
+            }
+            Some(offsets) => {
+                let attached = offsets
+                    .and_then(|_| tcp::attach(&mut loaded.ebpf))
+                    .and_then(|mut p| {
+                        let ring = p.events.take().expect("attach returns the ring");
+                        // SAFETY: the RingBuf owns its fd, open as long as the AsyncFd.
+                        let fd = unsafe { AsyncFd::register(ring) }
+                            .map_err(|e| ProbeError::Poll(e.into_parts().1))?;
+                        Ok((p, fd))
+                    });
+                match report(&mut probes, tcp::NAME, attached) {
+                    Some((p, fd)) => (Some(p), Some(fd)),
+                    None => (None, None),
+                }
+            }
+        };
+
         Ok(Self {
+            tcp,
+            tcp_events,
+            tcp_agg: TcpAggregator::new(PeerNaming {
+                rules: cfg.tcp.peers.clone(),
+                resolve_local: cfg.tcp.resolve_local_peers,
+            }),
+            tcp_buf: Vec::new(),
             table: ProcessTable::new(cfg.workloads.max, cfg.workloads.idle_ttl),
             cfg,
             loaded,
@@ -158,6 +201,7 @@ impl Agent {
     /// Runs until `shutdown` resolves, then returns; dropping `self` detaches everything.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         self.rescan(true);
+        self.seed_listeners();
         self.read_cycle();
         self.health.ready.store(true, Ordering::Relaxed);
 
@@ -176,6 +220,7 @@ impl Agent {
             let wake = tokio::select! {
                 () = &mut shutdown => Wake::Stop,
                 () = readable(self.process_events.as_ref()) => Wake::Events,
+                () = readable(self.tcp_events.as_ref()) => Wake::Events,
                 _ = poll_tick.tick() => Wake::Events,
                 _ = read_tick.tick() => Wake::Read,
                 _ = rescan_tick.tick() => Wake::Rescan,
@@ -190,8 +235,96 @@ impl Agent {
         tracing::info!("detaching probes");
     }
 
-    /// Applies every queued process event.
+    /// Applies every queued event: process events first, so that the processes named by TCP
+    /// events are known.
     fn drain_events(&mut self) {
+        self.drain_process_events();
+        self.drain_tcp_events();
+    }
+
+    fn drain_tcp_events(&mut self) {
+        let Some(ring) = self.tcp_events.as_mut() else {
+            return;
+        };
+        let ring = ring.get_mut();
+        let now = Instant::now();
+        let (table, proc_root, t) = (&mut self.table, &self.proc_root, &self.telemetry);
+        while let Some(item) = ring.next() {
+            match tcp::decode(&item) {
+                Ok(ev) => {
+                    t.events
+                        .get_or_create(&ProbeKindLabels {
+                            probe: tcp::NAME,
+                            kind: ev.kind(),
+                        })
+                        .inc();
+                    self.tcp_agg
+                        .on_event(&ev, now, |tgid| resolve(table, proc_root, t, tgid, now));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "skipping undecodable tcp event");
+                    t.decode_errors
+                        .get_or_create(&ProbeLabels { probe: tcp::NAME })
+                        .inc();
+                }
+            }
+        }
+    }
+
+    /// Attributes listeners older than the agent: the kernel learns who owns each port so
+    /// accepted connections are attributed, and the listen info metric starts complete.
+    fn seed_listeners(&mut self) {
+        let Some(probe) = self.tcp.as_mut() else {
+            return;
+        };
+        let t0 = Instant::now();
+        let (found, stats) = match listeners::scan(&self.proc_root, 0) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot scan /proc for listening sockets");
+                return;
+            }
+        };
+        let failed = probe.seed_listeners(&found);
+        if failed > 0 {
+            self.telemetry
+                .map_read_errors
+                .get_or_create(&MapLabels {
+                    map: "TCP_LISTENERS",
+                })
+                .inc_by(failed);
+        }
+        for l in found.iter().filter(|l| l.tgid != self.own_tgid) {
+            let addr = l.addr.to_canonical();
+            let ev = tcp::ListenerEvent {
+                tgid: l.tgid,
+                netns: l.netns,
+                family: if l.addr.is_ipv4() {
+                    tcp::Family::V4
+                } else {
+                    tcp::Family::V6
+                },
+                addr,
+                port: l.port,
+            };
+            let label = resolve(
+                &mut self.table,
+                &self.proc_root,
+                &self.telemetry,
+                l.tgid,
+                t0,
+            );
+            self.tcp_agg.seed_listener(&ev, label);
+        }
+        tracing::info!(
+            listeners = found.len(),
+            namespaces = stats.namespaces,
+            elapsed_ms = t0.elapsed().as_millis() as u64,
+            "listening sockets found in /proc"
+        );
+    }
+
+    fn drain_process_events(&mut self) {
         let Some(ring) = self.process_events.as_mut() else {
             return;
         };
@@ -208,6 +341,12 @@ impl Agent {
                         })
                         .inc();
                     let cgroup2 = self.cgroup2.as_deref();
+                    // A new program or process under this tgid: its TCP label is stale.
+                    match &ev {
+                        process::Event::Fork { child: tgid, .. }
+                        | process::Event::Exec { tgid, .. } => self.tcp_agg.forget_owner(*tgid),
+                        process::Event::Exit { .. } => {}
+                    }
                     apply(
                         &mut self.table,
                         &self.proc_root,
@@ -235,66 +374,38 @@ impl Agent {
     fn read_cycle(&mut self) {
         self.drain_events();
         let t0 = Instant::now();
+        self.fold_syscalls(t0);
+        self.fold_tcp(t0);
+        // Entries of exited processes were folded one last time above: delete them.
+        let exited: HashSet<u32> = self.table.exited().into_iter().collect();
         if let Some(probe) = self.syscalls.as_mut() {
-            let errors = probe.read(&mut self.buf);
-            if errors > 0 {
-                self.telemetry
-                    .map_read_errors
-                    .get_or_create(&MapLabels {
-                        map: "SYSCALL_STATS",
-                    })
-                    .inc_by(errors);
-            }
-            // Processes we never heard of (started before a dropped event): ask /proc once.
-            let unknown: HashSet<u32> = self
-                .buf
-                .iter()
-                .map(|(k, _)| k.tgid)
-                .filter(|t| !self.table.contains(*t))
-                .collect();
-            for tgid in unknown {
-                self.telemetry.proc_reads.inc();
-                match procfs::read_workload(&self.proc_root, tgid) {
-                    Some(w) => self.table.upsert(tgid, w, t0),
-                    None => {
-                        self.table.upsert(tgid, Workload::Unknown, t0);
-                        self.table.exit(tgid, t0);
-                    }
-                }
-            }
-            let table = &mut self.table;
-            self.agg.fold(&self.buf, |tgid| table.label(tgid, t0));
-
-            let exited: HashSet<u32> = self.table.exited().into_iter().collect();
             for (key, _) in self.buf.iter().filter(|(k, _)| exited.contains(&k.tgid)) {
                 if let Err(e) = probe.remove(key) {
-                    tracing::debug!(error = %e, "deleting SYSCALL_STATS entry");
-                    self.telemetry
-                        .map_read_errors
-                        .get_or_create(&MapLabels {
-                            map: "SYSCALL_STATS",
-                        })
-                        .inc();
+                    map_error(&self.telemetry, "SYSCALL_STATS", &e);
                 }
                 self.agg.forget(key);
             }
-            for tgid in exited {
-                self.table.remove(tgid, t0);
+        }
+        if let Some(probe) = self.tcp.as_mut() {
+            // Connections outlive their process (FIN_WAIT, LAST_ACK): a key deleted here may be
+            // recreated by a late close; the aggregator still knows its label then.
+            let table = &self.table;
+            let gone = |t: u32| t != 0 && (exited.contains(&t) || !table.contains(t));
+            for (key, _) in self.tcp_buf.iter().filter(|(k, _)| gone(k.tgid)) {
+                if let Err(e) = probe.remove(key) {
+                    map_error(&self.telemetry, "TCP_STATS", &e);
+                }
+                self.tcp_agg.forget_key(key);
             }
-            self.telemetry
-                .map_entries
-                .get_or_create(&MapLabels {
-                    map: "SYSCALL_STATS",
-                })
-                .set(self.agg.tracked_keys() as i64);
-        } else {
-            // Without the syscalls probe nothing folds exited processes; forget them here.
-            for tgid in self.table.exited() {
-                self.table.remove(tgid, t0);
-            }
+            self.tcp_agg.drop_listeners_of(|t| exited.contains(&t));
+        }
+        for tgid in exited {
+            self.table.remove(tgid, t0);
         }
         let expired = self.table.expire(t0);
         self.agg.drop_workloads(&expired);
+        self.tcp_agg.drop_workloads(&expired);
+        self.tcp_agg.prune_owners(t0);
 
         if let Err(e) = self.loaded.read_counters(&mut self.kernel_counters) {
             tracing::debug!(error = %e, "reading KERNEL_COUNTERS");
@@ -309,6 +420,51 @@ impl Agent {
         self.telemetry
             .read_duration
             .observe(t0.elapsed().as_secs_f64());
+    }
+
+    fn fold_syscalls(&mut self, now: Instant) {
+        let Some(probe) = self.syscalls.as_mut() else {
+            return;
+        };
+        let errors = probe.read(&mut self.buf);
+        if errors > 0 {
+            self.telemetry
+                .map_read_errors
+                .get_or_create(&MapLabels {
+                    map: "SYSCALL_STATS",
+                })
+                .inc_by(errors);
+        }
+        let (table, proc_root, t) = (&mut self.table, &self.proc_root, &self.telemetry);
+        self.agg
+            .fold(&self.buf, |tgid| resolve(table, proc_root, t, tgid, now));
+        self.telemetry
+            .map_entries
+            .get_or_create(&MapLabels {
+                map: "SYSCALL_STATS",
+            })
+            .set(self.agg.tracked_keys() as i64);
+    }
+
+    fn fold_tcp(&mut self, now: Instant) {
+        let Some(probe) = self.tcp.as_mut() else {
+            return;
+        };
+        let errors = probe.read(&mut self.tcp_buf);
+        if errors > 0 {
+            self.telemetry
+                .map_read_errors
+                .get_or_create(&MapLabels { map: "TCP_STATS" })
+                .inc_by(errors);
+        }
+        let (table, proc_root, t) = (&mut self.table, &self.proc_root, &self.telemetry);
+        self.tcp_agg.fold_stats(&self.tcp_buf, now, |tgid| {
+            resolve(table, proc_root, t, tgid, now)
+        });
+        self.telemetry
+            .map_entries
+            .get_or_create(&MapLabels { map: "TCP_STATS" })
+            .set(self.tcp_agg.tracked_keys() as i64);
     }
 
     /// Reconciles the table with `/proc`: adds processes we have no event for, marks gone ones
@@ -361,6 +517,7 @@ impl Agent {
         self.telemetry.processes.set(self.table.processes() as i64);
         self.collector.publish(Published {
             syscalls: self.agg.snapshot(),
+            tcp: self.tcp_agg.snapshot(),
             kernel_counters: self.kernel_counters,
             probes: self.probes.iter().map(|(n, s)| (*n, s.as_str())).collect(),
         });
@@ -384,6 +541,33 @@ fn report<T>(
             None
         }
     }
+}
+
+/// The workload label of `tgid`, reading `/proc` for processes never heard of (started
+/// before a dropped event); a process already gone is labelled unknown.
+fn resolve(
+    table: &mut ProcessTable,
+    proc_root: &std::path::Path,
+    t: &Telemetry,
+    tgid: u32,
+    now: Instant,
+) -> std::sync::Arc<str> {
+    if !table.contains(tgid) {
+        t.proc_reads.inc();
+        match procfs::read_workload(proc_root, tgid) {
+            Some(w) => table.upsert(tgid, w, now),
+            None => {
+                table.upsert(tgid, Workload::Unknown, now);
+                table.exit(tgid, now);
+            }
+        }
+    }
+    table.label(tgid, now)
+}
+
+fn map_error(t: &Telemetry, map: &'static str, e: &ProbeError) {
+    tracing::debug!(error = %e, map, "deleting a kernel map entry");
+    t.map_read_errors.get_or_create(&MapLabels { map }).inc();
 }
 
 /// Applies one process event to the table, reading `/proc` only when the event alone does not

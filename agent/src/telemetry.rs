@@ -19,7 +19,10 @@ use prometheus_client::{
 };
 use tenantscope_agent_common::counters;
 
-use crate::aggregate::SyscallSeries;
+use crate::aggregate::{
+    SyscallSeries,
+    tcp::{DURATION_BUCKETS, Hist, RTT_BUCKETS, TcpSnapshot},
+};
 
 /// Content type of `/metrics` for clients that accept OpenMetrics (Prometheus does).
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -32,6 +35,16 @@ pub const SYSCALL_ERRORS: &str = "tenantscope_syscall_errors";
 pub const PROBE_STATUS: &str = "tenantscope_agent_probe_status";
 pub const RINGBUF_DROPS: &str = "tenantscope_agent_ringbuf_dropped_events";
 pub const KERNEL_ERRORS: &str = "tenantscope_agent_kernel_errors";
+pub const TCP_OPENED: &str = "tenantscope_tcp_connections_opened";
+pub const TCP_CLOSED: &str = "tenantscope_tcp_connections_closed";
+pub const TCP_OPEN: &str = "tenantscope_tcp_connections_open";
+pub const TCP_CONNECT_FAILURES: &str = "tenantscope_tcp_connect_failures";
+pub const TCP_DURATION: &str = "tenantscope_tcp_connection_duration";
+pub const TCP_BYTES: &str = "tenantscope_tcp";
+pub const TCP_RETRANSMITS: &str = "tenantscope_tcp_retransmitted_segments";
+pub const TCP_RESETS: &str = "tenantscope_tcp_resets";
+pub const TCP_RTT: &str = "tenantscope_tcp_rtt";
+pub const TCP_LISTEN: &str = "tenantscope_tcp_listen";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProbeKindLabels {
@@ -68,6 +81,7 @@ pub struct Telemetry {
 #[derive(Debug, Default, Clone)]
 pub struct Published {
     pub syscalls: Vec<SyscallSeries>,
+    pub tcp: TcpSnapshot,
     /// Cumulative kernel failure counters, indexed like `counters::ALL`.
     pub kernel_counters: [u64; counters::COUNT as usize],
     /// `(probe, status)`: status is one of [`PROBE_STATES`].
@@ -137,6 +151,8 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
                 .encode_counter::<NoLabelSet, _, u64>(&s.errors, None)?;
         }
 
+        encode_tcp(&p.tcp, &mut encoder)?;
+
         let mut e = encoder.encode_descriptor(
             PROBE_STATUS,
             "1 for the current status of each probe (attached, failed or disabled), 0 otherwise.",
@@ -181,6 +197,170 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
         }
         Ok(())
     }
+}
+
+/// Encodes a fixed-bounds histogram (per-bucket counts; the encoder accumulates them).
+fn encode_hist(
+    e: &mut prometheus_client::encoding::MetricEncoder<'_>,
+    bounds: &[f64],
+    h: &Hist,
+) -> Result<(), std::fmt::Error> {
+    let buckets: Vec<(f64, u64)> = bounds
+        .iter()
+        .copied()
+        .chain([f64::INFINITY])
+        .zip(h.counts.iter().copied())
+        .collect();
+    e.encode_histogram::<NoLabelSet>(h.sum, h.count, &buckets, None)
+}
+
+fn encode_tcp(t: &TcpSnapshot, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let counters: [(&str, &str, fn(&crate::aggregate::tcp::ConnSeries) -> u64); 3] = [
+        (
+            TCP_OPENED,
+            "TCP connections whose handshake completed, by workload and direction (active = connect, passive = accept).",
+            |c| c.opened,
+        ),
+        (
+            TCP_CLOSED,
+            "Established TCP connections that closed, by workload and direction.",
+            |c| c.closed,
+        ),
+        (
+            TCP_RETRANSMITS,
+            "TCP segments retransmitted, by workload and direction (unknown: connections older than the agent).",
+            |c| c.retransmits,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let mut e = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        // Untracked connections are never opened or closed, only retransmit or reset.
+        let untracked_ok = name == TCP_RETRANSMITS;
+        for c in t
+            .connections
+            .iter()
+            .filter(|c| untracked_ok || c.direction != "unknown")
+        {
+            let labels = [("direction", c.direction), ("workload", &*c.workload)];
+            e.encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&value(c), None)?;
+        }
+    }
+
+    let mut e = encoder.encode_descriptor(
+        TCP_OPEN,
+        "Established TCP connections currently open, by workload and direction.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for c in t.connections.iter().filter(|c| c.direction != "unknown") {
+        let labels = [("direction", c.direction), ("workload", &*c.workload)];
+        e.encode_family(&labels)?.encode_gauge(&(c.open as i64))?;
+    }
+
+    let mut e = encoder.encode_descriptor(
+        TCP_RESETS,
+        "TCP resets sent (transmit) and received (receive), by workload and direction.",
+        None,
+        MetricType::Counter,
+    )?;
+    for c in &t.connections {
+        for (io, v) in [("transmit", c.resets_tx), ("receive", c.resets_rx)] {
+            let labels = [
+                ("direction", c.direction),
+                ("network_io_direction", io),
+                ("workload", &*c.workload),
+            ];
+            e.encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        }
+    }
+
+    let mut e = encoder.encode_descriptor(
+        TCP_CONNECT_FAILURES,
+        "Outgoing TCP connects that failed, by workload, peer and reason (refused, timeout, unreachable, aborted, other).",
+        None,
+        MetricType::Counter,
+    )?;
+    for f in &t.failures {
+        let labels = [
+            ("peer", &*f.peer),
+            ("reason", f.reason),
+            ("workload", &*f.workload),
+        ];
+        e.encode_family(&labels)?
+            .encode_counter::<NoLabelSet, _, u64>(&f.count, None)?;
+    }
+
+    let mut e = encoder.encode_descriptor(
+        TCP_DURATION,
+        "Lifetime of closed TCP connections from handshake to close, by workload, direction and peer.",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    for p in &t.peers {
+        let labels = [
+            ("direction", p.direction),
+            ("peer", &*p.peer),
+            ("workload", &*p.workload),
+        ];
+        encode_hist(
+            &mut e.encode_family(&labels)?,
+            &DURATION_BUCKETS,
+            &p.duration,
+        )?;
+    }
+
+    let mut e = encoder.encode_descriptor(
+        TCP_RTT,
+        "Smoothed round-trip time of TCP connections at close, by workload, direction and peer.",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    for p in t.peers.iter().filter(|p| p.rtt.count > 0) {
+        let labels = [
+            ("direction", p.direction),
+            ("peer", &*p.peer),
+            ("workload", &*p.workload),
+        ];
+        encode_hist(&mut e.encode_family(&labels)?, &RTT_BUCKETS, &p.rtt)?;
+    }
+
+    let mut e = encoder.encode_descriptor(
+        TCP_BYTES,
+        "TCP payload bytes of closed connections (retransmissions counted once), transmit or receive, by workload, direction and peer.",
+        Some(&Unit::Bytes),
+        MetricType::Counter,
+    )?;
+    for p in &t.peers {
+        for (io, v) in [("transmit", p.bytes_tx), ("receive", p.bytes_rx)] {
+            let labels = [
+                ("direction", p.direction),
+                ("network_io_direction", io),
+                ("peer", &*p.peer),
+                ("workload", &*p.workload),
+            ];
+            e.encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        }
+    }
+
+    let mut e = encoder.encode_descriptor(
+        TCP_LISTEN,
+        "TCP ports each workload listens on (value 1).",
+        None,
+        MetricType::Info,
+    )?;
+    for l in &t.listeners {
+        let port = l.port.to_string();
+        let labels = [
+            ("family", l.family),
+            ("port", port.as_str()),
+            ("workload", &*l.workload),
+        ];
+        e.encode_info(&labels)?;
+    }
+    Ok(())
 }
 
 impl Default for Telemetry {
@@ -370,7 +550,8 @@ mod tests {
                 sum_seconds: 0.01,
                 buckets,
             }],
-            kernel_counters: [7, 0, 2, 0],
+            kernel_counters: [7, 0, 2, 0, 0, 0, 0, 0, 0],
+            tcp: TcpSnapshot::default(),
             probes: vec![("syscalls", "attached"), ("process", "failed")],
         });
         t.register(c)

@@ -4,8 +4,10 @@
 //! others keep working. Dropping [`Loaded`] detaches every link and closes every map and program
 //! fd; nothing is pinned, so the kernel frees them all.
 
+pub mod btf;
 pub mod process;
 pub mod syscalls;
+pub mod tcp;
 
 use std::path::{Path, PathBuf};
 
@@ -51,6 +53,8 @@ pub enum ProbeError {
         tracepoint: &'static str,
         detail: String,
     },
+    #[error("kernel BTF (/sys/kernel/btf/vmlinux, needs CONFIG_DEBUG_INFO_BTF): {0}")]
+    Btf(String),
     #[error("cannot poll the ring buffer: {0}")]
     Poll(#[source] std::io::Error),
     #[error("map {map}: {source}")]
@@ -84,6 +88,11 @@ pub struct LoadOptions {
     pub agent_tgid: u32,
     pub syscall_stats_entries: u32,
     pub process_ringbuf_bytes: u32,
+    /// Socket field offsets for the `tcp` probe; `None` leaves its programs inert.
+    pub tcp_offsets: Option<tenantscope_agent_common::tcp::TcpOffsets>,
+    pub tcp_connections: u32,
+    pub tcp_stats_entries: u32,
+    pub tcp_ringbuf_bytes: u32,
 }
 
 /// The loaded object and the failure counters shared by all probes.
@@ -96,10 +105,16 @@ pub struct Loaded {
 pub fn load(opts: &LoadOptions) -> Result<Loaded, ProbeError> {
     check_privileges()?;
     raise_memlock();
+    let tcp_offsets = opts.tcp_offsets.unwrap_or_default();
     let mut ebpf = EbpfLoader::new()
         .override_global("AGENT_TGID", &opts.agent_tgid, true)
+        .override_global("TCP_OFFSETS", &tcp_offsets, true)
         .map_max_entries("SYSCALL_STATS", opts.syscall_stats_entries)
         .map_max_entries("PROCESS_EVENTS", opts.process_ringbuf_bytes)
+        .map_max_entries("TCP_CONNS", opts.tcp_connections)
+        .map_max_entries("TCP_ENDPOINTS", opts.tcp_connections)
+        .map_max_entries("TCP_STATS", opts.tcp_stats_entries)
+        .map_max_entries("TCP_EVENTS", opts.tcp_ringbuf_bytes)
         .load(EBPF_OBJECT)
         .map_err(|e| match &e {
             aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })

@@ -1,0 +1,431 @@
+//! `tcp` probe: connection lifecycle, retransmits and resets, without kprobes.
+//!
+//! BTF-typed tracepoints give the `struct sock *`; its fields are read at offsets the agent
+//! resolved from the kernel's BTF (`TCP_OFFSETS`). Per-connection state lives in `TCP_CONNS`;
+//! counters are aggregated per (process, direction) in `TCP_STATS`; one event per connection
+//! (at close) and one per listener reach userspace.
+
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::{btf_tracepoint, map},
+    maps::{HashMap, LruHashMap, RingBuf},
+    programs::BtfTracePointContext,
+};
+use tenantscope_agent_common::{
+    counters,
+    tcp::{
+        AF_INET6, CLOSE_KIND, ConnState, DIR_ACTIVE, DIR_PASSIVE, DIR_UNTRACKED, Endpoint,
+        FLAG_ACTIVE, FLAG_ESTABLISHED, FLAG_FIN_RX, FLAG_RESET_RX, FLAG_RESET_TX, IPPROTO_TCP, LISTEN_KIND,
+        ListenKey, SOCK_DONE_BIT, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_RECV, TCP_SYN_SENT, TcpEvent,
+        TcpOffsets, TcpStats, TcpStatsKey, UNLISTEN_KIND,
+    },
+};
+
+use crate::{agent_tgid, atomic_add, count};
+
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// Field offsets, patched by the agent from BTF before load (`valid` = 1 once set).
+#[unsafe(no_mangle)]
+static TCP_OFFSETS: TcpOffsets = TcpOffsets {
+    family: 0,
+    num: 0,
+    dport: 0,
+    daddr: 0,
+    rcv_saddr: 0,
+    v6_daddr: 0,
+    v6_rcv_saddr: 0,
+    net: 0,
+    ns_inum: 0,
+    sk_err: 0,
+    protocol: 0,
+    sk_flags: 0,
+    bytes_sent: 0,
+    bytes_retrans: 0,
+    bytes_received: 0,
+    srtt_us: 0,
+    total_retrans: 0,
+    valid: 0,
+};
+
+/// Connections in progress or open, by `struct sock` address. LRU so that a missed close
+/// cannot leak an entry forever; a close whose entry was evicted is counted as untracked.
+#[map]
+static TCP_CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(65536, 0);
+
+/// Counters per (tgid, direction); not preallocated, bounded by max_entries.
+#[map]
+static TCP_STATS: HashMap<TcpStatsKey, TcpStats> =
+    HashMap::with_max_entries(16384, BPF_F_NO_PREALLOC);
+
+/// Owner of each listening port per network namespace: accepted connections are attributed
+/// to it. Filled by `CLOSE -> LISTEN` and, for listeners older than the agent, by a /proc scan.
+#[map]
+static TCP_LISTENERS: HashMap<ListenKey, u32> = HashMap::with_max_entries(16384, 0);
+
+/// Local endpoints of established connections -> owning tgid, to name peers on this node.
+#[map]
+static TCP_ENDPOINTS: LruHashMap<Endpoint, u32> = LruHashMap::with_max_entries(65536, 0);
+
+#[map]
+static TCP_EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
+
+/// Wake the consumer once this many bytes are queued; otherwise it polls on a short timer.
+const WAKEUP_BYTES: u64 = 64 * core::mem::size_of::<TcpEvent>() as u64;
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn tcp_state(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
+    let sk = ctx.arg::<*const u8>(0) as u64;
+    let (old, new) = (ctx.arg::<i32>(1), ctx.arg::<i32>(2));
+    on_state(sk, old, new);
+    0
+}
+
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn tcp_retransmit(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(const struct sock *sk, const struct sk_buff *skb)
+    bump(ctx.arg::<*const u8>(0) as u64, Counter::Retransmits);
+    0
+}
+
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_reset_tx(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(const struct sock *sk, const struct sk_buff *skb, enum sk_rst_reason reason);
+    // sk is NULL for resets answering segments that match no socket.
+    bump(ctx.arg::<*const u8>(0) as u64, Counter::ResetsTx);
+    0
+}
+
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tcp_reset_rx(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct sock *sk)
+    bump(ctx.arg::<*const u8>(0) as u64, Counter::ResetsRx);
+    0
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Counter {
+    Opened,
+    Closed,
+    Retransmits,
+    ResetsTx,
+    ResetsRx,
+}
+
+#[inline(always)]
+fn offsets() -> TcpOffsets {
+    // SAFETY: a read-only global patched by the loader; volatile so it is not constant-folded.
+    unsafe { core::ptr::read_volatile(&TCP_OFFSETS) }
+}
+
+#[inline(always)]
+fn read<T>(base: u64, off: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel tolerates any address; failures are reported, not faulted.
+    let r = unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T) };
+    if r.is_err() {
+        count(counters::TCP_READ_FAILED);
+    }
+    r.ok()
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: always callable from tracing programs.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+#[inline(always)]
+fn on_state(sk: u64, old: i32, new: i32) {
+    // Cheapest filter first: most transitions (FIN_WAIT*, CLOSE_WAIT, ...) need nothing.
+    let wanted = matches!(
+        (old, new),
+        (TCP_CLOSE, TCP_LISTEN)
+            | (TCP_CLOSE, TCP_SYN_SENT)
+            | (TCP_LISTEN, TCP_SYN_RECV)
+            | (_, TCP_ESTABLISHED)
+            | (_, TCP_CLOSE)
+    );
+    let o = offsets();
+    if !wanted || o.valid == 0 || read::<u16>(sk, o.protocol) != Some(IPPROTO_TCP) {
+        return;
+    }
+    match (old, new) {
+        (TCP_CLOSE, TCP_LISTEN) => on_listen(sk, &o),
+        (TCP_LISTEN, TCP_CLOSE) => on_unlisten(sk, &o),
+        (TCP_CLOSE, TCP_SYN_SENT) => {
+            // In connect(), in the caller's context; the local port is not bound yet.
+            let tgid = current_tgid();
+            if tgid != agent_tgid() {
+                track(sk, tgid, FLAG_ACTIVE);
+            }
+        }
+        (TCP_LISTEN, TCP_SYN_RECV) => {
+            // A child socket cloned from a listener, in softirq: the owner is the listener's.
+            let key = listen_key(sk, &o);
+            let tgid = TCP_LISTENERS.get_ptr(key).map_or(0, |p| {
+                // SAFETY: live map value.
+                unsafe { *p }
+            });
+            if tgid != agent_tgid() {
+                track(sk, tgid, 0);
+            }
+        }
+        (_, TCP_ESTABLISHED) => on_established(sk, &o),
+        (_, TCP_CLOSE) => on_close(sk, &o),
+        _ => {}
+    }
+}
+
+#[inline(always)]
+fn track(sk: u64, tgid: u32, flags: u32) {
+    let state = ConnState {
+        start_ns: now(),
+        established_ns: 0,
+        tgid,
+        flags,
+    };
+    // An LRU insert cannot fail for lack of space; it evicts the least recently used entry.
+    let _ = TCP_CONNS.insert(sk, state, 0);
+}
+
+#[inline(always)]
+fn direction(flags: u32) -> u32 {
+    if flags & FLAG_ACTIVE != 0 {
+        DIR_ACTIVE
+    } else {
+        DIR_PASSIVE
+    }
+}
+
+#[inline(always)]
+fn netns(sk: u64, o: &TcpOffsets) -> u32 {
+    read::<u64>(sk, o.net)
+        .and_then(|net| read::<u32>(net, o.ns_inum))
+        .unwrap_or(0)
+}
+
+#[inline(always)]
+fn listen_key(sk: u64, o: &TcpOffsets) -> ListenKey {
+    ListenKey {
+        netns: netns(sk, o),
+        port: read::<u16>(sk, o.num).unwrap_or(0),
+        _pad: 0,
+    }
+}
+
+/// Local and remote addresses as IPv6 (IPv4 mapped into `::ffff:0:0/96`).
+#[inline(always)]
+fn addresses(sk: u64, o: &TcpOffsets, family: u16) -> ([u8; 16], [u8; 16]) {
+    if family == AF_INET6 {
+        (
+            read(sk, o.v6_rcv_saddr).unwrap_or([0; 16]),
+            read(sk, o.v6_daddr).unwrap_or([0; 16]),
+        )
+    } else {
+        (
+            mapped(read(sk, o.rcv_saddr).unwrap_or([0; 4])),
+            mapped(read(sk, o.daddr).unwrap_or([0; 4])),
+        )
+    }
+}
+
+#[inline(always)]
+fn mapped(v4: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}
+
+#[inline(always)]
+fn endpoint(addr: [u8; 16], port: u16, netns: u32) -> Endpoint {
+    Endpoint {
+        addr,
+        netns: if Endpoint::is_loopback(&addr) { netns } else { 0 },
+        port,
+        _pad: 0,
+    }
+}
+
+fn on_listen(sk: u64, o: &TcpOffsets) {
+    let tgid = current_tgid();
+    let key = listen_key(sk, o);
+    // The agent's own listeners are recorded too, so that connections to it are recognised as
+    // its own and skipped; they produce no event.
+    if TCP_LISTENERS.insert(key, tgid, 0).is_err() {
+        count(counters::TCP_LISTENERS_FULL);
+    }
+    if tgid != agent_tgid() {
+        emit_listener(sk, o, LISTEN_KIND, tgid, key);
+    }
+}
+
+fn on_unlisten(sk: u64, o: &TcpOffsets) {
+    let tgid = current_tgid();
+    let key = listen_key(sk, o);
+    // With SO_REUSEPORT several processes may share the key; only the recorded owner clears it.
+    if let Some(owner) = TCP_LISTENERS.get_ptr(key)
+        // SAFETY: live map value.
+        && unsafe { *owner } == tgid
+    {
+        let _ = TCP_LISTENERS.remove(key);
+    }
+    if tgid != agent_tgid() {
+        emit_listener(sk, o, UNLISTEN_KIND, tgid, key);
+    }
+}
+
+#[inline(always)]
+fn emit_listener(sk: u64, o: &TcpOffsets, kind: u32, tgid: u32, key: ListenKey) {
+    let family = read::<u16>(sk, o.family).unwrap_or(0);
+    let (laddr, _) = addresses(sk, o, family);
+    let mut ev = TcpEvent::ZERO;
+    ev.header.kind = kind;
+    ev.header.ts_ns = now();
+    ev.tgid = tgid;
+    ev.netns = key.netns;
+    ev.family = family;
+    ev.lport = key.port;
+    ev.laddr = laddr;
+    emit(&ev);
+}
+
+fn on_established(sk: u64, o: &TcpOffsets) {
+    let Some(c) = TCP_CONNS.get_ptr_mut(sk) else {
+        return;
+    };
+    // SAFETY: live map value; only this socket's transitions (serialised by the socket lock)
+    // write it.
+    let (tgid, flags) = unsafe {
+        (*c).established_ns = now();
+        (*c).flags |= FLAG_ESTABLISHED;
+        ((*c).tgid, (*c).flags)
+    };
+    add(tgid, direction(flags), Counter::Opened);
+    let family = read::<u16>(sk, o.family).unwrap_or(0);
+    let (laddr, _) = addresses(sk, o, family);
+    let lport = read::<u16>(sk, o.num).unwrap_or(0);
+    let _ = TCP_ENDPOINTS.insert(endpoint(laddr, lport, netns(sk, o)), tgid, 0);
+}
+
+fn on_close(sk: u64, o: &TcpOffsets) {
+    let Some(c) = TCP_CONNS.get_ptr(sk) else {
+        count(counters::TCP_CLOSE_UNTRACKED);
+        return;
+    };
+    // SAFETY: live map value.
+    let c = unsafe { *c };
+    let _ = TCP_CONNS.remove(sk);
+    let established = c.flags & FLAG_ESTABLISHED != 0;
+    if c.flags & FLAG_ACTIVE == 0 && !established {
+        // An accepted handshake that never completed: nothing to report.
+        return;
+    }
+    if established {
+        add(c.tgid, direction(c.flags), Counter::Closed);
+    }
+    let family = read::<u16>(sk, o.family).unwrap_or(0);
+    let (laddr, raddr) = addresses(sk, o, family);
+    let ns = netns(sk, o);
+    let rport = u16::from_be(read::<u16>(sk, o.dport).unwrap_or(0));
+    let peer = endpoint(raddr, rport, ns);
+    let mut ev = TcpEvent::ZERO;
+    ev.header.kind = CLOSE_KIND;
+    ev.header.ts_ns = now();
+    ev.tgid = c.tgid;
+    ev.peer_tgid = TCP_ENDPOINTS.get_ptr(peer).map_or(0, |p| {
+        // SAFETY: live map value.
+        unsafe { *p }
+    });
+    let fin_rx = (read::<u64>(sk, o.sk_flags).unwrap_or(0) >> SOCK_DONE_BIT) & 1 != 0;
+    ev.flags = c.flags | if fin_rx { FLAG_FIN_RX } else { 0 };
+    ev.sk_err = read::<i32>(sk, o.sk_err).unwrap_or(0) as u32;
+    ev.netns = ns;
+    ev.family = family;
+    ev.lport = read::<u16>(sk, o.num).unwrap_or(0);
+    ev.rport = rport;
+    if established {
+        ev.srtt_us = read::<u32>(sk, o.srtt_us).unwrap_or(0);
+        ev.bytes_sent = read::<u64>(sk, o.bytes_sent).unwrap_or(0);
+        ev.bytes_retrans = read::<u64>(sk, o.bytes_retrans).unwrap_or(0);
+        ev.bytes_received = read::<u64>(sk, o.bytes_received).unwrap_or(0);
+    }
+    ev.total_retrans = read::<u32>(sk, o.total_retrans).unwrap_or(0);
+    ev.start_ns = c.start_ns;
+    ev.established_ns = c.established_ns;
+    ev.laddr = laddr;
+    ev.raddr = raddr;
+    emit(&ev);
+}
+
+/// Counts a retransmit or reset against the connection's owner, or as untracked.
+#[inline(always)]
+fn bump(sk: u64, counter: Counter) {
+    let (tgid, dir) = match (sk != 0).then(|| TCP_CONNS.get_ptr_mut(sk)).flatten() {
+        Some(c) => {
+            // SAFETY: live map value; a flag bit set twice is harmless.
+            unsafe {
+                match counter {
+                    Counter::ResetsRx => (*c).flags |= FLAG_RESET_RX,
+                    Counter::ResetsTx => (*c).flags |= FLAG_RESET_TX,
+                    _ => {}
+                }
+                ((*c).tgid, direction((*c).flags))
+            }
+        }
+        None => (0, DIR_UNTRACKED),
+    };
+    add(tgid, dir, counter);
+}
+
+#[inline(always)]
+fn add(tgid: u32, direction: u32, counter: Counter) {
+    let key = TcpStatsKey { tgid, direction };
+    let stats = match TCP_STATS.get_ptr_mut(key) {
+        Some(p) => p,
+        None => {
+            // NOEXIST: another CPU may have inserted the key meanwhile; the lookup finds it.
+            let _ = TCP_STATS.insert(key, TcpStats::ZERO, u64::from(BPF_NOEXIST));
+            match TCP_STATS.get_ptr_mut(key) {
+                Some(p) => p,
+                None => {
+                    count(counters::TCP_STATS_FULL);
+                    return;
+                }
+            }
+        }
+    };
+    // SAFETY: live, aligned map value; several CPUs may update it at once, hence atomics.
+    unsafe {
+        let field = match counter {
+            Counter::Opened => &raw mut (*stats).opened,
+            Counter::Closed => &raw mut (*stats).closed,
+            Counter::Retransmits => &raw mut (*stats).retransmits,
+            Counter::ResetsTx => &raw mut (*stats).resets_tx,
+            Counter::ResetsRx => &raw mut (*stats).resets_rx,
+        };
+        atomic_add(field, 1);
+    }
+}
+
+#[inline(always)]
+fn emit(ev: &TcpEvent) {
+    let Some(mut entry) = TCP_EVENTS.reserve::<TcpEvent>(0) else {
+        count(counters::TCP_EVENTS_DROPPED);
+        return;
+    };
+    entry.write(*ev);
+    // Nothing here is urgent: wake the consumer only when a batch has built up.
+    let flags = if TCP_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(u64::from(flags));
+}
