@@ -9,11 +9,13 @@
 //! The shipped example, `agent/tenantscope-agent.example.toml`, lists every option at its default;
 //! a unit test keeps it equal to [`Config::default`].
 
+use std::borrow::Cow;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 /// Command-line flags. Each one except `--config` and `--check-config` overrides one config-file
@@ -92,9 +94,9 @@ Examples:
   Check a config file and print the effective settings without starting anything:
     tenantscope-agent -c /etc/tenantscope/agent.toml --check-config
   Count syscalls only, through the classic tracepoints (kernels without raw tracepoints):
-    tenantscope-agent --disable-probe process --syscall-hook tracepoint
+    tenantscope-agent --disable-probe process,tcp --syscall-hook tracepoint
   The same through the environment (e.g. in a DaemonSet):
-    TENANTSCOPE_DISABLE_PROBES=process TENANTSCOPE_SYSCALL_HOOK=tracepoint tenantscope-agent
+    TENANTSCOPE_DISABLE_PROBES=process,tcp TENANTSCOPE_SYSCALL_HOOK=tracepoint tenantscope-agent
 
 Precedence: flag > environment variable > config file > built-in default.";
 
@@ -105,6 +107,8 @@ pub enum Probe {
     Syscalls,
     /// Process start/exit events for workload attribution (section [process])
     Process,
+    /// TCP connection lifecycle, bytes, retransmits, resets, RTT (section [tcp])
+    Tcp,
 }
 
 /// The whole agent configuration, as read from the TOML file. Every section and field is optional
@@ -122,6 +126,8 @@ pub struct Config {
     pub syscalls: SyscallsConfig,
     /// The process-lifecycle probe, which maps processes to workloads.
     pub process: ProcessConfig,
+    /// The TCP probe: connections, bytes, retransmits, resets and RTT, per workload and peer.
+    pub tcp: TcpConfig,
     /// Limits on the workload label, which bound the number of exported series.
     pub workloads: WorkloadsConfig,
 }
@@ -257,6 +263,120 @@ impl Default for ProcessConfig {
     }
 }
 
+/// `[tcp]`: TCP connection lifecycle, bytes, retransmits, resets and RTT. Counters per (process,
+/// direction) are kept in a kernel map and read periodically; each closed connection is one
+/// ring-buffer event, labelled with a peer name from [`TcpConfig::peers`].
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpConfig {
+    /// Whether to attach the probe. Default `true`.
+    pub enabled: bool,
+    /// Capacity of the kernel map of open connections being tracked (an LRU map). Connections
+    /// beyond it evict the oldest tracked ones, whose close is then counted as untracked. Between
+    /// 1024 and 4194304. Default `65536`.
+    pub max_connections: u32,
+    /// Capacity of the kernel map of counters, in (process, direction) keys. When full, new keys
+    /// are dropped and counted as lost. Between 1024 and 1048576. Default `16384`.
+    pub max_map_entries: u32,
+    /// Ring-buffer size in bytes; it carries one event per closed connection. The kernel requires
+    /// a power of two and a multiple of the 4096-byte page; between 4096 and 67108864 (64 MiB).
+    /// Default `1048576` (1 MiB).
+    pub ringbuf_bytes: u32,
+    /// Whether a peer that is a process on this node is labelled with its workload rather than
+    /// by the [`peers`](TcpConfig::peers) rules. Default `true`.
+    pub resolve_local_peers: bool,
+    /// Rules that name remote peers, as `[[tcp.peers]]` tables; the first rule that matches a
+    /// connection gives its `peer` label (see [`match_peer`]). At most 256. A file that sets any
+    /// `[[tcp.peers]]` replaces the whole built-in list (see [`default_peers`]); it does not add
+    /// to it.
+    pub peers: Vec<PeerRule>,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        Self {
+            // Who a workload talks to, and how well, is part of what the agent reports about it.
+            enabled: true,
+            // Room for a busy node's open connections; the LRU keeps the newest when it is not.
+            max_connections: 65_536,
+            // Two directions per process: room for ~8000 processes with TCP traffic.
+            max_map_entries: 16_384,
+            // Several thousand close events, enough for a burst of short connections between
+            // two reads.
+            ringbuf_bytes: 1024 * 1024,
+            // "payments talks to ledger" says more than "payments talks to 10.0.3.7".
+            resolve_local_peers: true,
+            peers: default_peers(),
+        }
+    }
+}
+
+/// One `[[tcp.peers]]` rule: connections to a remote port in `ports` and an address in `cidrs`
+/// get the `peer` label `name`. An empty list matches anything, but a rule must set at least one
+/// of the two.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerRule {
+    /// The `peer` label value: 1 to 64 characters from `A-Za-z0-9_.-`, not starting with `_`
+    /// (reserved for the agent's own values such as `_unknown`), and not `local` or `external`.
+    /// Several rules may share a name.
+    pub name: String,
+    /// Remote ports, i.e. the server side of connections this node opened; 1 to 65535.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
+    /// Remote address ranges, IPv4 or IPv6, e.g. `10.0.0.0/8` or `fd00::/8`. An IPv4-mapped IPv6
+    /// address (`::ffff:10.1.2.3`) is compared as IPv4, so write IPv4 ranges in IPv4 form.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cidrs: Vec<IpNet>,
+}
+
+impl PeerRule {
+    /// Whether a connection to `addr:port` matches this rule. `addr` is taken as given; see
+    /// [`match_peer`] for the IPv4-mapped normalisation.
+    fn matches(&self, addr: IpAddr, port: u16) -> bool {
+        (self.ports.is_empty() || self.ports.contains(&port))
+            && (self.cidrs.is_empty() || self.cidrs.iter().any(|cidr| cidr.contains(&addr)))
+    }
+}
+
+/// The `peer` label for a connection to `addr:port`: the name of the first rule in `rules` that
+/// matches, or `None`. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, as a dual-stack socket
+/// reports an IPv4 peer) is matched as the IPv4 address it carries.
+pub fn match_peer(rules: &[PeerRule], addr: IpAddr, port: u16) -> Option<&str> {
+    let addr = addr.to_canonical();
+    rules
+        .iter()
+        .find(|rule| rule.matches(addr, port))
+        .map(|rule| rule.name.as_str())
+}
+
+/// The built-in `[[tcp.peers]]` list: well-known server ports of common infrastructure, so that
+/// a node's outgoing connections are labelled without any configuration.
+pub fn default_peers() -> Vec<PeerRule> {
+    [
+        ("postgres", &[5432][..]),
+        ("mysql", &[3306]),
+        ("redis", &[6379]),
+        ("nats", &[4222]),
+        ("memcached", &[11211]),
+        ("kafka", &[9092]),
+        ("mongodb", &[27017]),
+        ("elasticsearch", &[9200]),
+        ("kube-apiserver", &[6443]),
+        ("etcd", &[2379]),
+        ("dns", &[53]),
+        ("http", &[80, 8080]),
+        ("https", &[443, 8443]),
+    ]
+    .into_iter()
+    .map(|(name, ports)| PeerRule {
+        name: name.to_owned(),
+        ports: ports.to_vec(),
+        cidrs: Vec::new(),
+    })
+    .collect()
+}
+
 /// `[workloads]`: bounds on the workload label, which multiplies the number of exported series.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -289,6 +409,12 @@ const RESCAN_INTERVAL: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(10 * 60));
 const PAGE_SIZE: u32 = 4096;
 const RINGBUF_BYTES: (u32, u32) = (PAGE_SIZE, 64 * 1024 * 1024);
+const TCP_MAX_CONNECTIONS: (u32, u32) = (1024, 4 * 1024 * 1024);
+const TCP_MAX_MAP_ENTRIES: (u32, u32) = (1024, 1024 * 1024);
+const MAX_PEER_RULES: usize = 256;
+const MAX_PEER_NAME_LEN: usize = 64;
+/// Peer names the agent sets itself, besides those starting with `_`.
+const RESERVED_PEER_NAMES: [&str; 2] = ["local", "external"];
 const MAX_WORKLOADS: (usize, usize) = (1, 100_000);
 const IDLE_TTL: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(24 * 3600));
 
@@ -320,8 +446,9 @@ pub enum ConfigError {
     /// `syscalls.read_interval`; `reason` says what is allowed.
     #[error("invalid config: {field} {reason}")]
     Invalid {
-        /// Dotted path of the field, e.g. `syscalls.read_interval`.
-        field: &'static str,
+        /// Dotted path of the field, e.g. `syscalls.read_interval` or `tcp.peers[2].name` (array
+        /// indices count from 0).
+        field: Cow<'static, str>,
         /// What is allowed and what was given.
         reason: String,
     },
@@ -403,6 +530,7 @@ impl Config {
             match probe {
                 Probe::Syscalls => self.syscalls.enabled = false,
                 Probe::Process => self.process.enabled = false,
+                Probe::Tcp => self.tcp.enabled = false,
             }
         }
         Ok(())
@@ -437,22 +565,19 @@ impl Config {
             self.process.rescan_interval,
             RESCAN_INTERVAL,
         )?;
+        check_ringbuf_bytes("process.ringbuf_bytes", self.process.ringbuf_bytes)?;
         check_range(
-            "process.ringbuf_bytes",
-            self.process.ringbuf_bytes,
-            RINGBUF_BYTES,
+            "tcp.max_connections",
+            self.tcp.max_connections,
+            TCP_MAX_CONNECTIONS,
         )?;
-        let bytes = self.process.ringbuf_bytes;
-        // Past the range check (at least one page), a power of two is also a multiple of the page.
-        if !bytes.is_power_of_two() {
-            return Err(invalid(
-                "process.ringbuf_bytes",
-                format!(
-                    "must be a power of two and a multiple of the {PAGE_SIZE}-byte page, \
-                     e.g. 262144, got {bytes}"
-                ),
-            ));
-        }
+        check_range(
+            "tcp.max_map_entries",
+            self.tcp.max_map_entries,
+            TCP_MAX_MAP_ENTRIES,
+        )?;
+        check_ringbuf_bytes("tcp.ringbuf_bytes", self.tcp.ringbuf_bytes)?;
+        check_peers(&self.tcp.peers)?;
         check_range("workloads.max", self.workloads.max, MAX_WORKLOADS)?;
         check_duration("workloads.idle_ttl", self.workloads.idle_ttl, IDLE_TTL)?;
         Ok(())
@@ -466,9 +591,9 @@ impl Config {
     }
 }
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+fn invalid(field: impl Into<Cow<'static, str>>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        field,
+        field: field.into(),
         reason: reason.into(),
     }
 }
@@ -507,13 +632,95 @@ fn check_duration(
     Ok(())
 }
 
+/// A BPF ring buffer's size, as the kernel requires it: a power of two and a multiple of the page.
+fn check_ringbuf_bytes(field: &'static str, bytes: u32) -> Result<(), ConfigError> {
+    check_range(field, bytes, RINGBUF_BYTES)?;
+    // Past the range check (at least one page), a power of two is also a multiple of the page.
+    if !bytes.is_power_of_two() {
+        return Err(invalid(
+            field,
+            format!(
+                "must be a power of two and a multiple of the {PAGE_SIZE}-byte page, \
+                 e.g. 262144, got {bytes}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The `[[tcp.peers]]` rules; an error names the rule by its index in the list.
+fn check_peers(peers: &[PeerRule]) -> Result<(), ConfigError> {
+    if peers.len() > MAX_PEER_RULES {
+        return Err(invalid(
+            "tcp.peers",
+            format!(
+                "must have at most {MAX_PEER_RULES} rules, got {}",
+                peers.len()
+            ),
+        ));
+    }
+    for (i, rule) in peers.iter().enumerate() {
+        let name = &rule.name;
+        check_peer_name(name).map_err(|reason| invalid(format!("tcp.peers[{i}].name"), reason))?;
+        if rule.ports.is_empty() && rule.cidrs.is_empty() {
+            return Err(invalid(
+                format!("tcp.peers[{i}]"),
+                format!(
+                    "must set ports, cidrs or both (rule {name:?}); a rule with neither would \
+                     match every connection"
+                ),
+            ));
+        }
+        if rule.ports.contains(&0) {
+            return Err(invalid(
+                format!("tcp.peers[{i}].ports"),
+                format!("must be between 1 and 65535, got 0 (rule {name:?})"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Why `name` cannot be a `peer` label value, if it cannot.
+fn check_peer_name(name: &str) -> Result<(), String> {
+    let len = name.chars().count();
+    if len == 0 {
+        return Err("must not be empty".to_owned());
+    }
+    if len > MAX_PEER_NAME_LEN {
+        return Err(format!(
+            "must be at most {MAX_PEER_NAME_LEN} characters, got {len} in {name:?}"
+        ));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        return Err(format!(
+            "must contain only letters, digits, '_', '.' and '-', got {name:?}"
+        ));
+    }
+    if name.starts_with('_') {
+        return Err(format!(
+            "must not start with '_', which is reserved for the agent's own values such as \
+             \"_unknown\", got {name:?}"
+        ));
+    }
+    if RESERVED_PEER_NAMES.contains(&name) {
+        return Err(format!(
+            "must not be \"local\" or \"external\", which the agent sets itself, got {name:?}"
+        ));
+    }
+    Ok(())
+}
+
 /// If a validation error is about a field that a flag or environment variable set, reports it
 /// against that flag: the user typed the value there, not in the file.
 fn blame_override(error: ConfigError, cli: &Cli) -> ConfigError {
     let ConfigError::Invalid { field, reason } = error else {
         return error;
     };
-    let flag = match field {
+    let flag = match &*field {
         "log.level" => cli
             .log_level
             .clone()
@@ -591,6 +798,23 @@ mod tests {
         path
     }
 
+    /// A `[[tcp.peers]]` rule; `cidrs` are parsed, so a typo fails the test at once.
+    fn rule(name: &str, ports: &[u16], cidrs: &[&str]) -> PeerRule {
+        PeerRule {
+            name: name.to_owned(),
+            ports: ports.to_vec(),
+            cidrs: cidrs
+                .iter()
+                .map(|c| c.parse().unwrap_or_else(|e| panic!("{c}: {e}")))
+                .collect(),
+        }
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse()
+            .unwrap_or_else(|e| panic!("{text} should be an address: {e}"))
+    }
+
     #[test]
     fn defaults_are_valid() {
         Config::default()
@@ -626,6 +850,161 @@ mod tests {
     }
 
     #[test]
+    fn tcp_defaults() {
+        let tcp = TcpConfig::default();
+        assert!(tcp.enabled);
+        assert_eq!(tcp.max_connections, 65_536);
+        assert_eq!(tcp.max_map_entries, 16_384);
+        assert_eq!(tcp.ringbuf_bytes, 1 << 20);
+        assert!(tcp.resolve_local_peers);
+        let peers: Vec<(&str, &[u16])> = tcp
+            .peers
+            .iter()
+            .map(|r| (r.name.as_str(), r.ports.as_slice()))
+            .collect();
+        assert_eq!(
+            peers,
+            [
+                ("postgres", &[5432][..]),
+                ("mysql", &[3306]),
+                ("redis", &[6379]),
+                ("nats", &[4222]),
+                ("memcached", &[11211]),
+                ("kafka", &[9092]),
+                ("mongodb", &[27017]),
+                ("elasticsearch", &[9200]),
+                ("kube-apiserver", &[6443]),
+                ("etcd", &[2379]),
+                ("dns", &[53]),
+                ("http", &[80, 8080]),
+                ("https", &[443, 8443]),
+            ]
+        );
+        assert!(tcp.peers.iter().all(|r| r.cidrs.is_empty()));
+        assert_eq!(Config::default().tcp, tcp);
+    }
+
+    #[test]
+    fn file_peers_replace_the_default_list() {
+        let config = from_str(
+            "[tcp]\nresolve_local_peers = false\n\
+             [[tcp.peers]]\nname = \"orders-db\"\ncidrs = [\"10.20.0.0/16\", \"fd00::/8\"]\nports = [5432]\n\
+             [[tcp.peers]]\nname = \"vpn\"\ncidrs = [\"192.168.0.0/24\"]\n\
+             [[tcp.peers]]\nname = \"postgres\"\nports = [5432, 5433]\n\
+             [[tcp.peers]]\nname = \"postgres\"\nports = [6432]\n",
+        );
+        let mut expected = Config::default();
+        expected.tcp.resolve_local_peers = false;
+        expected.tcp.peers = vec![
+            rule("orders-db", &[5432], &["10.20.0.0/16", "fd00::/8"]),
+            rule("vpn", &[], &["192.168.0.0/24"]),
+            rule("postgres", &[5432, 5433], &[]),
+            // Several rules may give the same name.
+            rule("postgres", &[6432], &[]),
+        ];
+        assert_eq!(config, expected);
+        config.validate().unwrap_or_else(|e| panic!("{e}"));
+        // Other [tcp] keys without [[tcp.peers]] keep the built-in list.
+        let config = from_str("[tcp]\nmax_connections = 2048\n");
+        assert_eq!(config.tcp.peers, default_peers());
+        // An explicitly empty list turns peer naming off.
+        let config = from_str("[tcp]\npeers = []\n");
+        assert!(config.tcp.peers.is_empty());
+        config.validate().unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn peer_errors_name_the_rule() {
+        let mut config = Config::default();
+        config.tcp.peers[4].name = "_unknown".into();
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "invalid config: tcp.peers[4].name must not start with '_', which is reserved for \
+             the agent's own values such as \"_unknown\", got \"_unknown\""
+        );
+        config = Config::default();
+        config.tcp.peers[1] = rule("vpn", &[], &[]);
+        let message = config.validate().unwrap_err().to_string();
+        assert!(
+            message.starts_with("invalid config: tcp.peers[1] must set ports, cidrs or both")
+                && message.contains("\"vpn\""),
+            "{message}"
+        );
+        config = Config::default();
+        config.tcp.peers[0].ports.push(0);
+        let message = config.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("tcp.peers[0].ports") && message.contains("\"postgres\""),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn match_peer_ports_only() {
+        let rules = default_peers();
+        assert_eq!(match_peer(&rules, ip("10.0.0.1"), 5432), Some("postgres"));
+        assert_eq!(match_peer(&rules, ip("2001:db8::1"), 8080), Some("http"));
+        assert_eq!(match_peer(&rules, ip("10.0.0.1"), 8443), Some("https"));
+        assert_eq!(match_peer(&rules, ip("10.0.0.1"), 5433), None);
+        assert_eq!(match_peer(&[], ip("10.0.0.1"), 5432), None);
+    }
+
+    #[test]
+    fn match_peer_cidrs_only() {
+        let rules = [rule("vpn", &[], &["192.168.0.0/24"])];
+        assert_eq!(match_peer(&rules, ip("192.168.0.7"), 1), Some("vpn"));
+        assert_eq!(match_peer(&rules, ip("192.168.0.255"), 65535), Some("vpn"));
+        assert_eq!(match_peer(&rules, ip("192.168.1.7"), 1), None);
+        // A v4 range never matches a v6 address that is not IPv4-mapped.
+        assert_eq!(match_peer(&rules, ip("::192.168.0.7"), 1), None);
+    }
+
+    #[test]
+    fn match_peer_ports_and_cidrs() {
+        let rules = [rule(
+            "orders-db",
+            &[5432, 5433],
+            &["10.20.0.0/16", "10.30.0.0/16"],
+        )];
+        assert_eq!(match_peer(&rules, ip("10.30.4.5"), 5433), Some("orders-db"));
+        assert_eq!(match_peer(&rules, ip("10.30.4.5"), 6379), None, "port");
+        assert_eq!(match_peer(&rules, ip("10.40.4.5"), 5432), None, "address");
+    }
+
+    #[test]
+    fn match_peer_ipv4_mapped_matches_v4_cidrs() {
+        let rules = [rule("orders-db", &[5432], &["10.20.0.0/16"])];
+        assert_eq!(
+            match_peer(&rules, ip("::ffff:10.20.1.2"), 5432),
+            Some("orders-db")
+        );
+        assert_eq!(match_peer(&rules, ip("::ffff:10.21.1.2"), 5432), None);
+    }
+
+    #[test]
+    fn match_peer_ipv6_cidrs() {
+        let rules = [rule("internal", &[], &["fd00::/8", "10.0.0.0/8"])];
+        assert_eq!(
+            match_peer(&rules, ip("fd12:3456::1"), 443),
+            Some("internal")
+        );
+        assert_eq!(match_peer(&rules, ip("10.1.2.3"), 443), Some("internal"));
+        assert_eq!(match_peer(&rules, ip("fe80::1"), 443), None);
+    }
+
+    #[test]
+    fn match_peer_first_match_wins() {
+        // A specific rule before the built-in port rules overrides them for its range only.
+        let mut rules = vec![rule("orders-db", &[5432], &["10.20.0.0/16"])];
+        rules.extend(default_peers());
+        assert_eq!(match_peer(&rules, ip("10.20.0.9"), 5432), Some("orders-db"));
+        assert_eq!(match_peer(&rules, ip("10.99.0.9"), 5432), Some("postgres"));
+        // After them, it is shadowed.
+        rules.rotate_left(1);
+        assert_eq!(match_peer(&rules, ip("10.20.0.9"), 5432), Some("postgres"));
+    }
+
+    #[test]
     fn empty_file_is_the_defaults() {
         assert_eq!(from_str(""), Config::default());
     }
@@ -646,7 +1025,14 @@ mod tests {
         config.syscalls.hook = SyscallHook::Tracepoint;
         config.process.poll_interval = Duration::from_millis(250);
         config.workloads.idle_ttl = Duration::from_secs(90 * 60);
-        for config in [Config::default(), config] {
+        config.tcp.peers = vec![
+            rule("orders-db", &[5432], &["10.20.0.0/16", "fd00::/8"]),
+            rule("any-redis", &[6379], &[]),
+            rule("vpn", &[], &["192.168.0.0/24"]),
+        ];
+        let mut no_peers = Config::default();
+        no_peers.tcp.peers.clear();
+        for config in [Config::default(), config, no_peers] {
             let text = config.to_toml();
             assert_eq!(from_str(&text), config, "round trip through:\n{text}");
         }
@@ -722,6 +1108,78 @@ mod tests {
                 "process.ringbuf_bytes",
                 with(|c| c.process.ringbuf_bytes = 5000),
             ),
+            (
+                "tcp.max_connections",
+                with(|c| c.tcp.max_connections = 1023),
+            ),
+            (
+                "tcp.max_connections",
+                with(|c| c.tcp.max_connections = 4_194_305),
+            ),
+            (
+                "tcp.max_map_entries",
+                with(|c| c.tcp.max_map_entries = 1023),
+            ),
+            (
+                "tcp.max_map_entries",
+                with(|c| c.tcp.max_map_entries = 1_048_577),
+            ),
+            ("tcp.ringbuf_bytes", with(|c| c.tcp.ringbuf_bytes = 2048)),
+            (
+                "tcp.ringbuf_bytes",
+                with(|c| c.tcp.ringbuf_bytes = 128 << 20),
+            ),
+            (
+                "tcp.ringbuf_bytes",
+                with(|c| c.tcp.ringbuf_bytes = 3 * 4096),
+            ),
+            ("tcp.ringbuf_bytes", with(|c| c.tcp.ringbuf_bytes = 5000)),
+            (
+                "tcp.peers",
+                with(|c| c.tcp.peers = vec![rule("db", &[5432], &[]); 257]),
+            ),
+            ("tcp.peers[2].name", with(|c| c.tcp.peers[2].name.clear())),
+            (
+                "tcp.peers[2].name",
+                with(|c| c.tcp.peers[2].name = "a".repeat(65)),
+            ),
+            (
+                "tcp.peers[2].name",
+                with(|c| c.tcp.peers[2].name = "orders db".into()),
+            ),
+            (
+                "tcp.peers[2].name",
+                with(|c| c.tcp.peers[2].name = "orders/db".into()),
+            ),
+            (
+                "tcp.peers[2].name",
+                with(|c| c.tcp.peers[2].name = "bücher".into()),
+            ),
+            (
+                "tcp.peers[2].name",
+                with(|c| c.tcp.peers[2].name = "_unknown".into()),
+            ),
+            (
+                "tcp.peers[2].name",
+                with(|c| c.tcp.peers[2].name = "_db".into()),
+            ),
+            (
+                "tcp.peers[2].name",
+                with(|c| c.tcp.peers[2].name = "local".into()),
+            ),
+            (
+                "tcp.peers[2].name",
+                with(|c| c.tcp.peers[2].name = "external".into()),
+            ),
+            ("tcp.peers[2]", with(|c| c.tcp.peers[2].ports.clear())),
+            (
+                "tcp.peers[2].ports",
+                with(|c| c.tcp.peers[2].ports = vec![0]),
+            ),
+            (
+                "tcp.peers[2].ports",
+                with(|c| c.tcp.peers[2] = rule("db", &[5432, 0], &["10.0.0.0/8"])),
+            ),
             ("workloads.max", with(|c| c.workloads.max = 0)),
             ("workloads.max", with(|c| c.workloads.max = 100_001)),
             ("workloads.idle_ttl", with(|c| c.workloads.idle_ttl = s(9))),
@@ -749,7 +1207,7 @@ mod tests {
 
     #[test]
     fn range_bounds_are_inclusive() {
-        let edits: [fn(&mut Config); 14] = [
+        let edits: [fn(&mut Config); 26] = [
             |c| c.syscalls.read_interval = Duration::from_secs(1),
             |c| c.syscalls.read_interval = Duration::from_secs(300),
             |c| c.syscalls.max_map_entries = 1024,
@@ -760,6 +1218,18 @@ mod tests {
             |c| c.process.rescan_interval = Duration::from_secs(600),
             |c| c.process.ringbuf_bytes = 4096,
             |c| c.process.ringbuf_bytes = 64 << 20,
+            |c| c.tcp.max_connections = 1024,
+            |c| c.tcp.max_connections = 4_194_304,
+            |c| c.tcp.max_map_entries = 1024,
+            |c| c.tcp.max_map_entries = 1_048_576,
+            |c| c.tcp.ringbuf_bytes = 4096,
+            |c| c.tcp.ringbuf_bytes = 64 << 20,
+            |c| c.tcp.peers = vec![rule("db", &[5432], &[]); 256],
+            |c| c.tcp.peers.clear(),
+            |c| c.tcp.peers[0].name = "a".repeat(64),
+            |c| c.tcp.peers[0].name = "a".into(),
+            |c| c.tcp.peers[0].name = "Orders_DB-2.eu-west".into(),
+            |c| c.tcp.peers[0].ports = vec![65535],
             |c| c.workloads.max = 1,
             |c| c.workloads.max = 100_000,
             |c| c.workloads.idle_ttl = Duration::from_secs(10),
@@ -796,6 +1266,8 @@ mod tests {
                 "ringbuf_size",
             ),
             ("[workloads]\nmax_workloads = 10\n", "max_workloads"),
+            ("[tcp]\nmax_conns = 10\n", "max_conns"),
+            ("[[tcp.peers]]\nname = \"db\"\nport = [5432]\n", "port"),
         ] {
             let message = from_str_err(text);
             assert!(
@@ -825,6 +1297,18 @@ mod tests {
             ("[log]\nformat = \"yaml\"\n", "yaml"),
             ("[workloads]\nmax = -1\n", "max"),
             ("[syscalls\n", "line 1"),
+            ("[[tcp.peers]]\nname = \"db\"\nports = [70000]\n", "ports"),
+            ("[[tcp.peers]]\nname = \"db\"\nports = 5432\n", "ports"),
+            (
+                "[[tcp.peers]]\nname = \"db\"\ncidrs = [\"10.0.0.0/33\"]\n",
+                "cidrs",
+            ),
+            (
+                "[[tcp.peers]]\nname = \"db\"\ncidrs = [\"10.0.0.1\"]\n",
+                "cidrs",
+            ),
+            ("[[tcp.peers]]\nports = [5432]\n", "name"),
+            ("[tcp]\npeers = \"postgres\"\n", "peers"),
         ] {
             let message = from_str_err(text);
             assert!(
@@ -915,22 +1399,30 @@ mod tests {
 
     #[test]
     fn disable_probe() {
-        let cases: [(&[&str], bool, bool); 5] = [
-            (&[], true, true),
-            (&["--disable-probe", "syscalls"], false, true),
-            (&["--disable-probe", "process"], true, false),
+        let cases: [(&[&str], [bool; 3]); 7] = [
+            (&[], [true, true, true]),
+            (&["--disable-probe", "syscalls"], [false, true, true]),
+            (&["--disable-probe", "process"], [true, false, true]),
+            (&["--disable-probe", "tcp"], [true, true, false]),
             (
                 &["--disable-probe", "syscalls", "--disable-probe", "process"],
-                false,
-                false,
+                [false, false, true],
             ),
-            (&["--disable-probe", "process,syscalls"], false, false),
+            (
+                &["--disable-probe", "process,syscalls"],
+                [false, false, true],
+            ),
+            (&["--disable-probe", "tcp,process,syscalls"], [false; 3]),
         ];
-        for (args, syscalls, process) in cases {
+        for (args, enabled) in cases {
             let config = Config::load(&parse(args)).unwrap_or_else(|e| panic!("{args:?}: {e}"));
             assert_eq!(
-                (config.syscalls.enabled, config.process.enabled),
-                (syscalls, process),
+                [
+                    config.syscalls.enabled,
+                    config.process.enabled,
+                    config.tcp.enabled
+                ],
+                enabled,
                 "{args:?}"
             );
         }
@@ -940,6 +1432,12 @@ mod tests {
             .apply_overrides(&parse(&["--disable-probe=process"]))
             .expect("no bad override");
         assert!(!config.process.enabled);
+        let mut config = from_str("[tcp]\nenabled = true\n");
+        config
+            .apply_overrides(&parse(&["--disable-probe=tcp"]))
+            .expect("no bad override");
+        assert!(!config.tcp.enabled);
+        assert!(config.syscalls.enabled && config.process.enabled);
     }
 
     #[test]
@@ -960,7 +1458,7 @@ mod tests {
         }
         let message = parse_err(&["--disable-probe", "network"]);
         assert!(
-            message.contains("syscalls") && message.contains("process"),
+            message.contains("syscalls") && message.contains("process") && message.contains("tcp"),
             "{message}"
         );
     }
@@ -1073,7 +1571,7 @@ mod tests {
             .env("TENANTSCOPE_MAX_WORKLOADS", "6")
             .env("TENANTSCOPE_SYSCALL_HOOK", "raw-tracepoint")
             .env("TENANTSCOPE_READ_INTERVAL", "30s")
-            .env("TENANTSCOPE_DISABLE_PROBES", "syscalls,process")
+            .env("TENANTSCOPE_DISABLE_PROBES", "syscalls,process,tcp")
             .output()
             .expect("the test binary should rerun");
         std::fs::remove_file(&path).ok();
@@ -1109,6 +1607,7 @@ mod tests {
         expected.server.listen = "127.0.0.1:19464".parse().expect("valid address");
         expected.syscalls.enabled = false;
         expected.process.enabled = false;
+        expected.tcp.enabled = false;
         // File over default.
         expected.process.rescan_interval = Duration::from_secs(60);
         assert_eq!(config, expected);

@@ -215,7 +215,8 @@ fn encode_hist(
 }
 
 fn encode_tcp(t: &TcpSnapshot, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-    let counters: [(&str, &str, fn(&crate::aggregate::tcp::ConnSeries) -> u64); 3] = [
+    type Field = fn(&crate::aggregate::tcp::ConnSeries) -> u64;
+    let counters: [(&str, &str, Field); 3] = [
         (
             TCP_OPENED,
             "TCP connections whose handshake completed, by workload and direction (active = connect, passive = accept).",
