@@ -16,9 +16,9 @@ use tenantscope_agent_common::{
     counters,
     tcp::{
         AF_INET6, CLOSE_KIND, ConnState, DIR_ACTIVE, DIR_PASSIVE, DIR_UNTRACKED, Endpoint,
-        FLAG_ACTIVE, FLAG_ESTABLISHED, FLAG_FIN_RX, FLAG_RESET_RX, FLAG_RESET_TX, IPPROTO_TCP, LISTEN_KIND,
-        ListenKey, SOCK_DONE_BIT, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN, TCP_SYN_RECV, TCP_SYN_SENT, TcpEvent,
-        TcpOffsets, TcpStats, TcpStatsKey, UNLISTEN_KIND,
+        FLAG_ACTIVE, FLAG_ESTABLISHED, FLAG_FIN_RX, FLAG_RESET_RX, FLAG_RESET_TX, IPPROTO_TCP,
+        LISTEN_KIND, ListenKey, SOCK_DONE_BIT, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN,
+        TCP_SYN_RECV, TCP_SYN_SENT, TcpEvent, TcpOffsets, TcpStats, TcpStatsKey, UNLISTEN_KIND,
     },
 };
 
@@ -247,7 +247,11 @@ fn mapped(v4: [u8; 4]) -> [u8; 16] {
 fn endpoint(addr: [u8; 16], port: u16, netns: u32) -> Endpoint {
     Endpoint {
         addr,
-        netns: if Endpoint::is_loopback(&addr) { netns } else { 0 },
+        netns: if Endpoint::is_loopback(&addr) {
+            netns
+        } else {
+            0
+        },
         port,
         _pad: 0,
     }

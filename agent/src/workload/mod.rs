@@ -5,6 +5,7 @@
 //! distinct labels is capped; processes beyond the cap fold into [`OTHER`], counted.
 
 pub mod cgroup;
+pub mod listeners;
 pub mod procfs;
 
 use std::{
