@@ -3,6 +3,11 @@
 //! Tests that need root call [`privileged`]: without root they print why they skip, unless
 //! `TENANTSCOPE_REQUIRE_PRIVILEGED=1` (set by `cargo xtask test`), where skipping is a failure.
 
+pub mod netns;
+pub mod tcp_load;
+
+pub use netns::{NetPair, TcpMib, has_nft, require_nft};
+
 use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},

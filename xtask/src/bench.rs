@@ -18,7 +18,8 @@ use crate::util;
 pub fn bench(probe: String, args: Vec<String>) -> anyhow::Result<()> {
     match probe.as_str() {
         "syscalls" => syscalls(&args),
-        other => bail!("bench {other}: unknown probe (available: syscalls)"),
+        "tcp" => tcp(&args),
+        other => bail!("bench {other}: unknown probe (available: syscalls, tcp)"),
     }
 }
 
@@ -69,7 +70,9 @@ fn syscalls(args: &[String]) -> anyhow::Result<()> {
         for k in 0..CONFIGS.len() {
             let c = (k + round) % CONFIGS.len();
             let (_, hook) = CONFIGS[c];
-            let running = hook.map(|h| Running::start(&agent, h)).transpose()?;
+            let running = hook
+                .map(|h| Running::start(&agent, &["--syscall-hook", h]))
+                .transpose()?;
             let v = measure(&load, calls)?;
             if let Some(r) = running {
                 rss_kib.push(r.rss_kib());
@@ -117,6 +120,204 @@ fn syscalls(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// TCP configurations compared: `None` is no agent, else the agent's extra arguments.
+const TCP_CONFIGS: [(&str, Option<&[&str]>); 3] = [
+    ("no agent", None),
+    ("agent (default probes)", Some(&[])),
+    (
+        "agent, syscalls probe disabled",
+        Some(&["--disable-probe", "syscalls"]),
+    ),
+];
+
+/// One measurement of the TCP loop.
+#[derive(Clone, Copy)]
+struct TcpRun {
+    /// Wall-clock ns per connection (fastest repetition).
+    ns: f64,
+    /// Thread CPU ns per connection (fastest repetition).
+    cpu_ns: f64,
+    /// `tenantscope_agent_events_total{probe="tcp"}` delta per connection (NaN without agent or
+    /// when the agent exports no such series).
+    events: f64,
+}
+
+/// Per-connection cost of the `tcp` probe: `ts-tcp-client --loop` (connect, accept, one byte each
+/// way, close both, in one thread pinned to CPU 1, in a private network namespace on 127.0.0.1;
+/// fastest of `--reps` repetitions of `--conns` connections) with no agent, with the default
+/// agent and with the agent minus its syscalls probe, interleaved over `--rounds` rounds.
+fn tcp(args: &[String]) -> anyhow::Result<()> {
+    let rounds = flag(args, "--rounds", 7)? as usize;
+    let conns = flag(args, "--conns", 20_000)?;
+    let reps = flag(args, "--reps", 5)?.max(5);
+    util::run(util::cargo(&[
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "tenantscope-agent",
+        "-p",
+        "tenantscope-tests",
+        "--bins",
+    ]))?;
+    let release = util::target_dir()?.join("release");
+    let (agent, load) = (
+        release.join("tenantscope-agent"),
+        release.join("ts-tcp-client"),
+    );
+
+    // [config][round]
+    let mut runs: Vec<Vec<TcpRun>> = vec![Vec::new(); TCP_CONFIGS.len()];
+    let mut rss_kib = Vec::new();
+    let mut missing_events = false;
+    let mut ringbuf_drops = 0.0;
+    for round in 0..rounds {
+        for k in 0..TCP_CONFIGS.len() {
+            let c = (k + round) % TCP_CONFIGS.len();
+            let (name, agent_args) = TCP_CONFIGS[c];
+            let running = agent_args.map(|a| Running::start(&agent, a)).transpose()?;
+            let before = running.as_ref().map(|r| r.scrape()).transpose()?;
+            let (ns, cpu_ns) = measure_tcp(&load, conns, reps)?;
+            let mut events = f64::NAN;
+            if let (Some(r), Some(before)) = (running.as_ref(), before) {
+                let after = r.settled_scrape(|m| series_sum(m, TCP_EVENTS))?;
+                if series_sum(&after, TCP_PROBE_ATTACHED) != Some(1.0) {
+                    bail!("{name}: the agent's tcp probe is not attached");
+                }
+                // A counter appears with its first event, so absent before means 0.
+                let b = series_sum(&before, TCP_EVENTS).unwrap_or(0.0);
+                match series_sum(&after, TCP_EVENTS) {
+                    Some(a) => events = (a - b) / (conns * reps) as f64,
+                    None => {
+                        if !missing_events {
+                            eprintln!("bench tcp: {name}: no {TCP_EVENTS}..}} series in /metrics");
+                        }
+                        missing_events = true;
+                    }
+                }
+                let drops = series_sum(&after, TCP_DROPS).unwrap_or(0.0)
+                    - series_sum(&before, TCP_DROPS).unwrap_or(0.0);
+                ringbuf_drops += drops;
+            }
+            if let Some(r) = running {
+                rss_kib.push(r.rss_kib());
+                r.stop()?;
+            }
+            runs[c].push(TcpRun { ns, cpu_ns, events });
+        }
+        eprintln!(
+            "bench tcp: round {}/{rounds}: {}",
+            round + 1,
+            TCP_CONFIGS
+                .iter()
+                .zip(&runs)
+                .map(|((n, _), v)| format!(
+                    "{n} {:.0} ns ({:.0} ns CPU, {:.2} events)/conn",
+                    v[round].ns, v[round].cpu_ns, v[round].events
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+
+    let base: Vec<f64> = runs[0].iter().map(|r| r.ns).collect();
+    let base_cpu: Vec<f64> = runs[0].iter().map(|r| r.cpu_ns).collect();
+    let mut report = format!(
+        "`ts-tcp-client --loop {conns}`: connect + accept + 1 byte each way + close both, one \
+         thread on CPU 1, 127.0.0.1 in a private network namespace, agent pinned to CPU 0; fastest \
+         of {reps} repetitions per measurement, {rounds} rounds with the configuration order \
+         rotated.\n\n\
+         | configuration | ns per connection (median) | CPU ns per connection (median) | added ns \
+         (median of per-round differences) | ratio to no agent (median of per-round ratios) | CPU \
+         ratio | tcp events per connection (median) |\n|---|---|---|---|---|---|---|\n"
+    );
+    for (c, (name, agent_args)) in TCP_CONFIGS.iter().enumerate() {
+        let ns: Vec<f64> = runs[c].iter().map(|r| r.ns).collect();
+        let cpu: Vec<f64> = runs[c].iter().map(|r| r.cpu_ns).collect();
+        let added: Vec<f64> = ns.iter().zip(&base).map(|(a, b)| a - b).collect();
+        let ratio: Vec<f64> = ns.iter().zip(&base).map(|(a, b)| a / b).collect();
+        let cpu_ratio: Vec<f64> = cpu.iter().zip(&base_cpu).map(|(a, b)| a / b).collect();
+        let events: Vec<f64> = runs[c]
+            .iter()
+            .map(|r| r.events)
+            .filter(|e| !e.is_nan())
+            .collect();
+        let events = match (agent_args, events.is_empty()) {
+            (None, _) => "-".to_owned(),
+            (Some(_), true) => "missing".to_owned(),
+            (Some(_), false) => format!("{:.2}", median(&events)),
+        };
+        report.push_str(&format!(
+            "| {name} | {:.0} | {:.0} | {:+.0} | {:.3}x | {:.3}x | {events} |\n",
+            median(&ns),
+            median(&cpu),
+            median(&added),
+            median(&ratio),
+            median(&cpu_ratio),
+        ));
+    }
+    let rss = median(&rss_kib.iter().map(|&k| k as f64).collect::<Vec<_>>());
+    report.push_str(&format!(
+        "\nAgent RSS while measured (median): {:.1} MiB\n\nEvents per connection: the delta of \
+         `tenantscope_agent_events_total{{probe=\"tcp\"}}` (all kinds) over the measurement, divided \
+         by the loop's connections. Each connection has two sockets (client and accepted server \
+         side); other traffic on the machine (including the scrapes) adds noise.\n\nTCP ring-buffer \
+         events dropped during the measurements (all rounds): {ringbuf_drops}\n",
+        rss / 1024.0
+    ));
+    println!("{report}");
+    let out = util::target_dir()?.join("bench").join("tcp.md");
+    std::fs::create_dir_all(out.parent().expect("has parent"))?;
+    std::fs::write(&out, &report)?;
+    eprintln!("bench tcp: written to {}", out.display());
+    Ok(())
+}
+
+/// Runs the loop once; `(wall ns, CPU ns)` per connection, each the fastest repetition.
+fn measure_tcp(load: &Path, conns: u64, reps: u64) -> anyhow::Result<(f64, f64)> {
+    let out = util::output(util::command(
+        &load.display().to_string(),
+        &[
+            "--loop",
+            &conns.to_string(),
+            "--reps",
+            &reps.to_string(),
+            "--cpu",
+            "1",
+            "--private-netns",
+        ],
+    ))?;
+    let field = |name: &str| -> anyhow::Result<f64> {
+        let needle = format!("\"{name}\":");
+        let rest = &out[out
+            .find(&needle)
+            .with_context(|| format!("no {name} in {out:?}"))?
+            + needle.len()..];
+        let end = rest.find([',', '}']).unwrap_or(rest.len());
+        rest[..end]
+            .trim()
+            .parse()
+            .with_context(|| format!("ts-tcp-client printed {out:?}"))
+    };
+    Ok((field("ns_per_conn")?, field("cpu_ns_per_conn")?))
+}
+
+/// Series prefixes summed by [`series_sum`].
+const TCP_EVENTS: &str = "tenantscope_agent_events_total{probe=\"tcp\"";
+const TCP_DROPS: &str = "tenantscope_agent_ringbuf_dropped_events_total{probe=\"tcp\"";
+const TCP_PROBE_ATTACHED: &str = "tenantscope_agent_probe_status{probe=\"tcp\",status=\"attached\"";
+
+/// Sum of the samples whose line starts with `prefix` (a name and its first labels, exactly as
+/// the agent orders them); `None` when there is none.
+fn series_sum(metrics: &str, prefix: &str) -> Option<f64> {
+    let values: Vec<f64> = metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
 fn measure(load: &Path, calls: u64) -> anyhow::Result<f64> {
     let out = util::output(util::command(
         &load.display().to_string(),
@@ -144,33 +345,61 @@ fn median(v: &[f64]) -> f64 {
 /// An agent started for one measurement, pinned away from the measuring CPU.
 struct Running {
     child: Child,
+    port: u16,
 }
 
 impl Running {
-    fn start(bin: &PathBuf, hook: &str) -> anyhow::Result<Self> {
+    fn start(bin: &PathBuf, args: &[&str]) -> anyhow::Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let child = Command::new("taskset")
             .args(["-c", "0"])
             .arg(bin)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--syscall-hook",
-                hook,
-            ])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("starting the agent (taskset from util-linux)")?;
-        let running = Running { child };
+        let running = Running { child, port };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !ready(port) {
             if Instant::now() > deadline {
-                bail!("agent with hook {hook} not ready after 30 s");
+                bail!("agent with {args:?} not ready after 30 s");
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         Ok(running)
+    }
+
+    /// The body of `/metrics` (classic text format).
+    fn scrape(&self) -> anyhow::Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+        let mut r = String::new();
+        s.read_to_string(&mut r)?;
+        let (head, body) = r
+            .split_once("\r\n\r\n")
+            .context("malformed /metrics response")?;
+        if !head.contains(" 200") {
+            bail!("/metrics: {}", head.lines().next().unwrap_or_default());
+        }
+        Ok(body.to_owned())
+    }
+
+    /// Scrapes until `value` stops changing between two scrapes 500 ms apart (the agent drains
+    /// its ring buffers asynchronously), for at most 10 s; returns the last scrape.
+    fn settled_scrape(&self, value: impl Fn(&str) -> Option<f64>) -> anyhow::Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = self.scrape()?;
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let next = self.scrape()?;
+            if value(&next) == value(&last) || Instant::now() > deadline {
+                return Ok(next);
+            }
+            last = next;
+        }
     }
 
     fn rss_kib(&self) -> u64 {

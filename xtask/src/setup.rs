@@ -24,6 +24,8 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus",
     // `ip netns`/veth: network namespaces for the privileged tests.
     "iproute2",
+    // `nft`: the TCP tests drop SYNs and segments inside their own server namespace.
+    "nftables",
     // ps, pgrep, sysctl: tests find and inspect processes and kernel settings.
     "procps",
     // setpriv (runs the agent unprivileged in a test); mount and mountpoint for this setup.
