@@ -100,8 +100,21 @@ pub struct ConnState {
     pub tgid: u32,
     /// `FLAG_*` bits.
     pub flags: u32,
+    /// `tcp_sock.total_retrans` already added to `TcpStats::retransmits`.
+    pub retrans_seen: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<ConnState>() == 24);
+const _: () = assert!(core::mem::size_of::<ConnState>() == 32);
+
+/// Value of `TCP_CLOSED`: who owned a socket that just closed, for the reset the kernel sends
+/// right after closing it (`SO_LINGER` 0, close with unread data).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClosedOwner {
+    pub tgid: u32,
+    pub direction: u32,
+}
+const _: () = assert!(core::mem::size_of::<ClosedOwner>() == 8);
 
 /// Key of `TCP_STATS`.
 #[repr(C)]
@@ -121,7 +134,8 @@ pub struct TcpStats {
     pub opened: u64,
     /// Established connections that reached `TCP_CLOSE`.
     pub closed: u64,
-    /// Segments retransmitted (`tcp:tcp_retransmit_skb`).
+    /// Segments retransmitted: `tcp_sock.total_retrans` deltas, taken at each
+    /// `tcp:tcp_retransmit_skb` and at close.
     pub retransmits: u64,
     /// Resets sent.
     pub resets_tx: u64,
@@ -243,6 +257,7 @@ mod user {
     // SAFETY: plain-old-data, repr(C), no padding bytes (sizes asserted above).
     unsafe impl aya::Pod for super::TcpOffsets {}
     unsafe impl aya::Pod for super::ConnState {}
+    unsafe impl aya::Pod for super::ClosedOwner {}
     unsafe impl aya::Pod for super::TcpStatsKey {}
     unsafe impl aya::Pod for super::TcpStats {}
     unsafe impl aya::Pod for super::ListenKey {}

@@ -15,9 +15,9 @@ use aya_ebpf::{
 use tenantscope_agent_common::{
     counters,
     tcp::{
-        AF_INET6, CLOSE_KIND, ConnState, DIR_ACTIVE, DIR_PASSIVE, DIR_UNTRACKED, Endpoint,
-        FLAG_ACTIVE, FLAG_ESTABLISHED, FLAG_FIN_RX, FLAG_RESET_RX, FLAG_RESET_TX, IPPROTO_TCP,
-        LISTEN_KIND, ListenKey, SOCK_DONE_BIT, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN,
+        AF_INET6, CLOSE_KIND, ClosedOwner, ConnState, DIR_ACTIVE, DIR_PASSIVE, DIR_UNTRACKED,
+        Endpoint, FLAG_ACTIVE, FLAG_ESTABLISHED, FLAG_FIN_RX, FLAG_RESET_RX, FLAG_RESET_TX,
+        IPPROTO_TCP, LISTEN_KIND, ListenKey, SOCK_DONE_BIT, TCP_CLOSE, TCP_ESTABLISHED, TCP_LISTEN,
         TCP_SYN_RECV, TCP_SYN_SENT, TcpEvent, TcpOffsets, TcpStats, TcpStatsKey, UNLISTEN_KIND,
     },
 };
@@ -64,6 +64,11 @@ static TCP_STATS: HashMap<TcpStatsKey, TcpStats> =
 #[map]
 static TCP_LISTENERS: HashMap<ListenKey, u32> = HashMap::with_max_entries(16384, 0);
 
+/// Owners of recently closed sockets: the kernel sends some resets just after the close
+/// (`SO_LINGER` 0, unread data), when the socket has left `TCP_CONNS`.
+#[map]
+static TCP_CLOSED: LruHashMap<u64, ClosedOwner> = LruHashMap::with_max_entries(4096, 0);
+
 /// Local endpoints of established connections -> owning tgid, to name peers on this node.
 #[map]
 static TCP_ENDPOINTS: LruHashMap<Endpoint, u32> = LruHashMap::with_max_entries(65536, 0);
@@ -85,8 +90,11 @@ pub fn tcp_state(ctx: BtfTracePointContext) -> i32 {
 
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
 pub fn tcp_retransmit(ctx: BtfTracePointContext) -> i32 {
-    // TP_PROTO(const struct sock *sk, const struct sk_buff *skb)
-    bump(ctx.arg::<*const u8>(0) as u64, Counter::Retransmits);
+    // TP_PROTO(const struct sock *sk, const struct sk_buff *skb, int err): failed attempts
+    // (err != 0) put nothing on the wire.
+    if ctx.arg::<i32>(2) == 0 {
+        on_retransmit(ctx.arg::<*const u8>(0) as u64);
+    }
     0
 }
 
@@ -190,6 +198,8 @@ fn track(sk: u64, tgid: u32, flags: u32) {
         established_ns: 0,
         tgid,
         flags,
+        retrans_seen: 0,
+        _pad: 0,
     };
     // An LRU insert cannot fail for lack of space; it evicts the least recently used entry.
     let _ = TCP_CONNS.insert(sk, state, 0);
@@ -311,7 +321,7 @@ fn on_established(sk: u64, o: &TcpOffsets) {
         (*c).flags |= FLAG_ESTABLISHED;
         ((*c).tgid, (*c).flags)
     };
-    add(tgid, direction(flags), Counter::Opened);
+    add(tgid, direction(flags), Counter::Opened, 1);
     let family = read::<u16>(sk, o.family).unwrap_or(0);
     let (laddr, _) = addresses(sk, o, family);
     let lport = read::<u16>(sk, o.num).unwrap_or(0);
@@ -326,13 +336,21 @@ fn on_close(sk: u64, o: &TcpOffsets) {
     // SAFETY: live map value.
     let c = unsafe { *c };
     let _ = TCP_CONNS.remove(sk);
+    let dir = direction(c.flags);
+    let owner = ClosedOwner {
+        tgid: c.tgid,
+        direction: dir,
+    };
+    let _ = TCP_CLOSED.insert(sk, owner, 0);
+    let total_retrans = read::<u32>(sk, o.total_retrans).unwrap_or(0);
+    add_retransmits(c.tgid, dir, total_retrans, c.retrans_seen);
     let established = c.flags & FLAG_ESTABLISHED != 0;
     if c.flags & FLAG_ACTIVE == 0 && !established {
         // An accepted handshake that never completed: nothing to report.
         return;
     }
     if established {
-        add(c.tgid, direction(c.flags), Counter::Closed);
+        add(c.tgid, dir, Counter::Closed, 1);
     }
     let family = read::<u16>(sk, o.family).unwrap_or(0);
     let (laddr, raddr) = addresses(sk, o, family);
@@ -360,7 +378,7 @@ fn on_close(sk: u64, o: &TcpOffsets) {
         ev.bytes_retrans = read::<u64>(sk, o.bytes_retrans).unwrap_or(0);
         ev.bytes_received = read::<u64>(sk, o.bytes_received).unwrap_or(0);
     }
-    ev.total_retrans = read::<u32>(sk, o.total_retrans).unwrap_or(0);
+    ev.total_retrans = total_retrans;
     ev.start_ns = c.start_ns;
     ev.established_ns = c.established_ns;
     ev.laddr = laddr;
@@ -368,28 +386,59 @@ fn on_close(sk: u64, o: &TcpOffsets) {
     emit(&ev);
 }
 
-/// Counts a retransmit or reset against the connection's owner, or as untracked.
+/// Adds the connection's new retransmitted segments (the kernel's own per-socket count, so a
+/// retransmitted packet of several segments counts as several, as in `/proc/net/snmp`).
+fn on_retransmit(sk: u64) {
+    let Some(c) = TCP_CONNS.get_ptr_mut(sk) else {
+        // Not tracked (older than the agent, or evicted): one retransmission, segments unknown.
+        add(0, DIR_UNTRACKED, Counter::Retransmits, 1);
+        return;
+    };
+    let total = read::<u32>(sk, offsets().total_retrans).unwrap_or(0);
+    // SAFETY: live map value; retransmits of one socket are serialised by its lock.
+    let (tgid, flags, seen) = unsafe {
+        let seen = (*c).retrans_seen;
+        if total > seen {
+            (*c).retrans_seen = total;
+        }
+        ((*c).tgid, (*c).flags, seen)
+    };
+    add_retransmits(tgid, direction(flags), total, seen);
+}
+
+#[inline(always)]
+fn add_retransmits(tgid: u32, dir: u32, total: u32, seen: u32) {
+    if total > seen {
+        add(tgid, dir, Counter::Retransmits, u64::from(total - seen));
+    }
+}
+
+/// Counts a reset against the connection's owner (also just after its close), or as untracked.
 #[inline(always)]
 fn bump(sk: u64, counter: Counter) {
     let (tgid, dir) = match (sk != 0).then(|| TCP_CONNS.get_ptr_mut(sk)).flatten() {
         Some(c) => {
             // SAFETY: live map value; a flag bit set twice is harmless.
             unsafe {
-                match counter {
-                    Counter::ResetsRx => (*c).flags |= FLAG_RESET_RX,
-                    Counter::ResetsTx => (*c).flags |= FLAG_RESET_TX,
-                    _ => {}
-                }
+                (*c).flags |= if counter == Counter::ResetsRx {
+                    FLAG_RESET_RX
+                } else {
+                    FLAG_RESET_TX
+                };
                 ((*c).tgid, direction((*c).flags))
             }
         }
-        None => (0, DIR_UNTRACKED),
+        None => match (sk != 0).then(|| TCP_CLOSED.get_ptr(sk)).flatten() {
+            // SAFETY: live map value.
+            Some(o) => unsafe { ((*o).tgid, (*o).direction) },
+            None => (0, DIR_UNTRACKED),
+        },
     };
-    add(tgid, dir, counter);
+    add(tgid, dir, counter, 1);
 }
 
 #[inline(always)]
-fn add(tgid: u32, direction: u32, counter: Counter) {
+fn add(tgid: u32, direction: u32, counter: Counter, n: u64) {
     let key = TcpStatsKey { tgid, direction };
     let stats = match TCP_STATS.get_ptr_mut(key) {
         Some(p) => p,
@@ -414,7 +463,7 @@ fn add(tgid: u32, direction: u32, counter: Counter) {
             Counter::ResetsTx => &raw mut (*stats).resets_tx,
             Counter::ResetsRx => &raw mut (*stats).resets_rx,
         };
-        atomic_add(field, 1);
+        atomic_add(field, n);
     }
 }
 
