@@ -164,6 +164,14 @@ impl Agent {
             }
         };
 
+        // Parsing the kernel's BTF (two copies of ~5 MB) left freed memory in the heap that
+        // glibc keeps mapped: hand it back so the agent's RSS reflects its steady state.
+        #[cfg(target_env = "gnu")]
+        // SAFETY: plain libc call, no pointers.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+
         Ok(Self {
             tcp,
             tcp_events,
