@@ -28,7 +28,8 @@ pub mod counters {
     pub const TCP_CLOSE_UNTRACKED: u32 = 6;
     /// A listener could not be recorded: `TCP_LISTENERS` is full.
     pub const TCP_LISTENERS_FULL: u32 = 7;
-    /// Reading a socket field failed (`bpf_probe_read_kernel`); the event is sent incomplete.
+    /// A TCP socket's `tcp_sock` could not be obtained (`bpf_skc_to_tcp_sock` returned NULL):
+    /// its bytes, RTT and retransmits are missing from that close or retransmit.
     pub const TCP_READ_FAILED: u32 = 8;
     /// Number of counters; the map has exactly this many slots.
     pub const COUNT: u32 = 9;
