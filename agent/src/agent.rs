@@ -150,8 +150,7 @@ impl Agent {
             Some(offsets) => {
                 let attached = offsets
                     .and_then(|_| tcp::attach(&mut loaded.ebpf))
-                    .and_then(|mut p| {
-                        let ring = p.events.take().expect("attach returns the ring");
+                    .and_then(|(p, ring)| {
                         // SAFETY: the RingBuf owns its fd, open as long as the AsyncFd.
                         let fd = unsafe { AsyncFd::register(ring) }
                             .map_err(|e| ProbeError::Poll(e.into_parts().1))?;

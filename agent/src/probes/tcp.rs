@@ -75,14 +75,14 @@ fn offsets_from(btf: &Btf) -> Result<TcpOffsets, ProbeError> {
     })
 }
 
-/// The attached probe: its counter map, listener map and event ring.
+/// The attached probe's counter and listener maps.
 pub struct TcpProbe {
     stats: HashMap<MapData, TcpStatsKey, TcpStats>,
     listeners: HashMap<MapData, ListenKey, u32>,
-    pub events: Option<RingBuf<MapData>>,
 }
 
-pub fn attach(ebpf: &mut Ebpf) -> Result<TcpProbe, ProbeError> {
+/// Attaches every program; returns the maps and the event ring.
+pub fn attach(ebpf: &mut Ebpf) -> Result<(TcpProbe, RingBuf<MapData>), ProbeError> {
     let btf = aya::Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
     let mut attached = Vec::new();
     for (program, tp) in PROGRAMS {
@@ -96,11 +96,11 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<TcpProbe, ProbeError> {
         }
         attached.push(program);
     }
-    Ok(TcpProbe {
+    let probe = TcpProbe {
         stats: take_map(ebpf, "TCP_STATS")?,
         listeners: take_map(ebpf, "TCP_LISTENERS")?,
-        events: Some(take_map(ebpf, "TCP_EVENTS")?),
-    })
+    };
+    Ok((probe, take_map(ebpf, "TCP_EVENTS")?))
 }
 
 fn attach_one(
