@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod aggregate;
 pub mod config;
+pub mod http;
 pub mod probes;
 pub mod server;
 pub mod telemetry;
