@@ -4,6 +4,7 @@
 //! and uses integers rather than `bool`/enums across the kernel boundary.
 #![no_std]
 
+pub mod http;
 pub mod process;
 pub mod syscalls;
 pub mod tcp;
@@ -31,8 +32,15 @@ pub mod counters {
     /// A TCP socket's `tcp_sock` could not be obtained (`bpf_skc_to_tcp_sock` returned NULL):
     /// its bytes, RTT and retransmits are missing from that close or retransmit.
     pub const TCP_READ_FAILED: u32 = 8;
+    /// An HTTP record could not be reserved in the ring buffer (consumer too slow).
+    pub const HTTP_EVENTS_DROPPED: u32 = 9;
+    /// Reading user memory (a payload prefix, an iovec, a sockaddr) failed.
+    pub const HTTP_READ_FAILED: u32 = 10;
+    /// A request's stash was evicted (more requests in flight than the stash map holds): its
+    /// remaining bytes are not captured.
+    pub const HTTP_STASH_EVICTED: u32 = 11;
     /// Number of counters; the map has exactly this many slots.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 12;
 
     /// `(index, probe, kind)` for exposition; one row per counter above.
     pub const ALL: [(u32, &str, &str); COUNT as usize] = [
@@ -45,6 +53,9 @@ pub mod counters {
         (TCP_CLOSE_UNTRACKED, "tcp", "close_untracked"),
         (TCP_LISTENERS_FULL, "tcp", "listeners_map_full"),
         (TCP_READ_FAILED, "tcp", "read_failed"),
+        (HTTP_EVENTS_DROPPED, "http", "ringbuf_full"),
+        (HTTP_READ_FAILED, "http", "read_failed"),
+        (HTTP_STASH_EVICTED, "http", "stash_evicted"),
     ];
 }
 

@@ -6,6 +6,7 @@
 // Inline asm on the bpf target (for atomic adds) is still unstable; the build enables it.
 #![feature(asm_experimental_arch)]
 
+mod http;
 mod process;
 mod syscalls;
 mod tcp;

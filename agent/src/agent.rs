@@ -25,7 +25,7 @@ use crate::{
         tcp::{PeerNaming, TcpAggregator},
     },
     config::Config,
-    probes::{self, Loaded, ProbeError, ProbeState, process, syscalls, tcp},
+    probes::{self, Loaded, ProbeError, ProbeState, http, process, syscalls, tcp},
     telemetry::{MapLabels, ProbeKindLabels, ProbeLabels, Published, SnapshotCollector, Telemetry},
     workload::{ProcessTable, TableStats, Workload, listeners, procfs},
 };
@@ -77,6 +77,7 @@ pub struct Agent {
     tcp_events: Option<AsyncFd<RingBuf<MapData>>>,
     tcp_agg: TcpAggregator,
     tcp_buf: Vec<(TcpStatsKey, TcpStats)>,
+    http_events: Option<AsyncFd<RingBuf<MapData>>>,
     probes: Vec<(&'static str, ProbeState)>,
     table: ProcessTable,
     agg: SyscallAggregator,
@@ -108,6 +109,12 @@ impl Agent {
         let own_tgid = std::process::id();
         // Offsets must be known before load: they are patched into the object.
         let tcp_offsets = cfg.tcp.enabled.then(tcp::resolve_offsets);
+        let http_config = cfg.http.enabled.then(|| {
+            http::resolve_config(
+                cfg.http.request_capture_bytes,
+                cfg.http.response_capture_bytes,
+            )
+        });
         let mut loaded = probes::load(&probes::LoadOptions {
             agent_tgid: own_tgid,
             syscall_stats_entries: cfg.syscalls.max_map_entries,
@@ -116,6 +123,8 @@ impl Agent {
             tcp_connections: cfg.tcp.max_connections,
             tcp_stats_entries: cfg.tcp.max_map_entries,
             tcp_ringbuf_bytes: cfg.tcp.ringbuf_bytes,
+            http_config: http_config.as_ref().and_then(|r| r.as_ref().ok()).copied(),
+            http_ringbuf_bytes: cfg.http.ringbuf_bytes,
         })?;
         let mut probes = Vec::new();
 
@@ -163,6 +172,23 @@ impl Agent {
             }
         };
 
+        let http_events = match http_config {
+            None => {
+                probes.push((http::NAME, ProbeState::Disabled));
+                None
+            }
+            Some(c) => {
+                let attached = c
+                    .and_then(|_| http::attach(&mut loaded.ebpf))
+                    .and_then(|ring| {
+                        // SAFETY: the RingBuf owns its fd, open as long as the AsyncFd.
+                        unsafe { AsyncFd::register(ring) }
+                            .map_err(|e| ProbeError::Poll(e.into_parts().1))
+                    });
+                report(&mut probes, http::NAME, attached)
+            }
+        };
+
         // Parsing the kernel's BTF (two copies of ~5 MB) left freed memory in the heap that
         // glibc keeps mapped: hand it back so the agent's RSS reflects its steady state.
         #[cfg(target_env = "gnu")]
@@ -179,6 +205,7 @@ impl Agent {
                 resolve_local: cfg.tcp.resolve_local_peers,
             }),
             tcp_buf: Vec::new(),
+            http_events,
             table: ProcessTable::new(cfg.workloads.max, cfg.workloads.idle_ttl),
             cfg,
             loaded,
@@ -228,6 +255,7 @@ impl Agent {
                 () = &mut shutdown => Wake::Stop,
                 () = readable(self.process_events.as_ref()) => Wake::Events,
                 () = readable(self.tcp_events.as_ref()) => Wake::Events,
+                () = readable(self.http_events.as_ref()) => Wake::Events,
                 _ = poll_tick.tick() => Wake::Events,
                 _ = read_tick.tick() => Wake::Read,
                 _ = rescan_tick.tick() => Wake::Rescan,
@@ -247,6 +275,37 @@ impl Agent {
     fn drain_events(&mut self) {
         self.drain_process_events();
         self.drain_tcp_events();
+        self.drain_http_events();
+    }
+
+    fn drain_http_events(&mut self) {
+        let Some(ring) = self.http_events.as_mut() else {
+            return;
+        };
+        let ring = ring.get_mut();
+        let t = &self.telemetry;
+        while let Some(item) = ring.next() {
+            match http::decode(&item) {
+                Ok(rec) => {
+                    let kind = match rec {
+                        http::Record::Exchange { .. } => "exchange",
+                        http::Record::UpgradedClose { .. } => "upgraded_close",
+                    };
+                    t.events
+                        .get_or_create(&ProbeKindLabels {
+                            probe: http::NAME,
+                            kind,
+                        })
+                        .inc();
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "skipping undecodable http record");
+                    t.decode_errors
+                        .get_or_create(&ProbeLabels { probe: http::NAME })
+                        .inc();
+                }
+            }
+        }
     }
 
     fn drain_tcp_events(&mut self) {

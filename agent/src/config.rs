@@ -109,6 +109,8 @@ pub enum Probe {
     Process,
     /// TCP connection lifecycle, bytes, retransmits, resets, RTT (section [tcp])
     Tcp,
+    /// HTTP/1.x requests from socket syscalls (section [http])
+    Http,
 }
 
 /// The whole agent configuration, as read from the TOML file. Every section and field is optional
@@ -128,6 +130,8 @@ pub struct Config {
     pub process: ProcessConfig,
     /// The TCP probe: connections, bytes, retransmits, resets and RTT, per workload and peer.
     pub tcp: TcpConfig,
+    /// The HTTP probe: request heads captured from socket syscalls.
+    pub http: HttpConfig,
     /// Limits on the workload label, which bound the number of exported series.
     pub workloads: WorkloadsConfig,
 }
@@ -531,6 +535,7 @@ impl Config {
                 Probe::Syscalls => self.syscalls.enabled = false,
                 Probe::Process => self.process.enabled = false,
                 Probe::Tcp => self.tcp.enabled = false,
+                Probe::Http => self.http.enabled = false,
             }
         }
         Ok(())
@@ -578,6 +583,22 @@ impl Config {
         )?;
         check_ringbuf_bytes("tcp.ringbuf_bytes", self.tcp.ringbuf_bytes)?;
         check_peers(&self.tcp.peers)?;
+        check_range(
+            "http.request_capture_bytes",
+            self.http.request_capture_bytes,
+            HTTP_REQUEST_CAPTURE,
+        )?;
+        check_range(
+            "http.response_capture_bytes",
+            self.http.response_capture_bytes,
+            HTTP_RESPONSE_CAPTURE,
+        )?;
+        check_ringbuf_bytes("http.ringbuf_bytes", self.http.ringbuf_bytes)?;
+        check_range(
+            "http.max_connections",
+            self.http.max_connections,
+            HTTP_MAX_CONNECTIONS,
+        )?;
         check_range("workloads.max", self.workloads.max, MAX_WORKLOADS)?;
         check_duration("workloads.idle_ttl", self.workloads.idle_ttl, IDLE_TTL)?;
         Ok(())
@@ -630,6 +651,46 @@ fn check_duration(
         ));
     }
     Ok(())
+}
+
+const HTTP_REQUEST_CAPTURE: (usize, usize) = (64, 1024);
+const HTTP_RESPONSE_CAPTURE: (usize, usize) = (16, 256);
+const HTTP_MAX_CONNECTIONS: (usize, usize) = (16, 1_048_576);
+
+/// `[http]`: HTTP/1.x requests seen in socket reads and writes.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Whether to attach the probe. Default `true`.
+    pub enabled: bool,
+    /// Bytes of each request stream copied in the kernel (request line and headers; the rest
+    /// of the window may hold body bytes, which are never exported). Headers beyond it are not
+    /// seen. 64 to 1024. Default `1024`.
+    pub request_capture_bytes: usize,
+    /// Bytes of each response copied (status line and headers). 16 to 256. Default `256`.
+    pub response_capture_bytes: usize,
+    /// Ring-buffer size in bytes (one ~1.3 KiB record per request); a power of two and a
+    /// multiple of the 4096-byte page, 4096 to 67108864. Default `4194304` (4 MiB).
+    pub ringbuf_bytes: u32,
+    /// Connections whose request/response pairing state userspace keeps; beyond it the least
+    /// recently used is dropped and counted. 16 to 1048576. Default `16384`.
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            // Per-tenant request metrics are the product's core.
+            enabled: true,
+            // Enough for a request line and the usual headers of an API call.
+            request_capture_bytes: 1024,
+            // A status line and a few headers (Upgrade, Connection).
+            response_capture_bytes: 256,
+            // ~3,000 records: a second of a busy node's requests between 100 ms polls.
+            ringbuf_bytes: 4 * 1024 * 1024,
+            max_connections: 16_384,
+        }
+    }
 }
 
 /// A BPF ring buffer's size, as the kernel requires it: a power of two and a multiple of the page.

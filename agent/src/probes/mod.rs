@@ -5,6 +5,7 @@
 //! fd; nothing is pinned, so the kernel frees them all.
 
 pub mod btf;
+pub mod http;
 pub mod process;
 pub mod syscalls;
 pub mod tcp;
@@ -93,6 +94,10 @@ pub struct LoadOptions {
     pub tcp_connections: u32,
     pub tcp_stats_entries: u32,
     pub tcp_ringbuf_bytes: u32,
+    /// Syscall numbers, register offsets and windows for the `http` probe; `None` leaves its
+    /// programs inert.
+    pub http_config: Option<tenantscope_agent_common::http::HttpConfig>,
+    pub http_ringbuf_bytes: u32,
 }
 
 /// The loaded object and the failure counters shared by all probes.
@@ -109,6 +114,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ProbeError> {
     let mut ebpf = EbpfLoader::new()
         .override_global("AGENT_TGID", &opts.agent_tgid, true)
         .override_global("TCP_OFFSETS", &tcp_offsets, true)
+        .override_global("HTTP_CONFIG", &opts.http_config.unwrap_or_default(), true)
+        .map_max_entries("HTTP_EVENTS", opts.http_ringbuf_bytes)
         .map_max_entries("SYSCALL_STATS", opts.syscall_stats_entries)
         .map_max_entries("PROCESS_EVENTS", opts.process_ringbuf_bytes)
         .map_max_entries("TCP_CONNS", opts.tcp_connections)
@@ -178,6 +185,28 @@ pub(crate) fn attach_tracepoint(
             target: format!("tracepoint/{category}/{name}"),
             source,
         })?;
+    Ok(())
+}
+
+/// Loads `program` and attaches it to the BTF-typed tracepoint `tp`.
+pub(crate) fn attach_btf_tracepoint(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    program: &'static str,
+    tp: &str,
+) -> Result<(), ProbeError> {
+    let p: &mut aya::programs::BtfTracePoint = ebpf
+        .program_mut(program)
+        .ok_or(ProbeError::MissingProgram(program))?
+        .try_into()
+        .map_err(|source| ProbeError::ProgramLoad { program, source })?;
+    p.load(tp, btf)
+        .map_err(|source| ProbeError::ProgramLoad { program, source })?;
+    p.attach().map_err(|source| ProbeError::Attach {
+        program,
+        target: format!("tp_btf/{tp}"),
+        source,
+    })?;
     Ok(())
 }
 

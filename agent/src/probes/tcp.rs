@@ -9,7 +9,6 @@ use std::{
 use aya::{
     Ebpf,
     maps::{HashMap, MapData, RingBuf},
-    programs::BtfTracePoint,
 };
 use tenantscope_agent_common::tcp::{
     AF_INET, AF_INET6, CLOSE_KIND, FLAG_ACTIVE, FLAG_ESTABLISHED, FLAG_FIN_RX, FLAG_RESET_RX,
@@ -86,7 +85,7 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<(TcpProbe, RingBuf<MapData>), ProbeErro
     let btf = aya::Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
     let mut attached = Vec::new();
     for (program, tp) in PROGRAMS {
-        if let Err(e) = attach_one(ebpf, &btf, program, tp) {
+        if let Err(e) = super::attach_btf_tracepoint(ebpf, &btf, program, tp) {
             for p in attached {
                 if let Some(aya::programs::Program::BtfTracePoint(p)) = ebpf.program_mut(p) {
                     let _ = p.unload();
@@ -101,27 +100,6 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<(TcpProbe, RingBuf<MapData>), ProbeErro
         listeners: take_map(ebpf, "TCP_LISTENERS")?,
     };
     Ok((probe, take_map(ebpf, "TCP_EVENTS")?))
-}
-
-fn attach_one(
-    ebpf: &mut Ebpf,
-    btf: &aya::Btf,
-    program: &'static str,
-    tp: &str,
-) -> Result<(), ProbeError> {
-    let p: &mut BtfTracePoint = ebpf
-        .program_mut(program)
-        .ok_or(ProbeError::MissingProgram(program))?
-        .try_into()
-        .map_err(|source| ProbeError::ProgramLoad { program, source })?;
-    p.load(tp, btf)
-        .map_err(|source| ProbeError::ProgramLoad { program, source })?;
-    p.attach().map_err(|source| ProbeError::Attach {
-        program,
-        target: format!("tp_btf/{tp}"),
-        source,
-    })?;
-    Ok(())
 }
 
 impl TcpProbe {

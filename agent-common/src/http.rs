@@ -1,0 +1,144 @@
+//! `http` probe: HTTP/1.x heads captured from socket syscalls.
+//!
+//! Sockets are learnt at `accept`/`connect`; their reads and writes are matched against
+//! HTTP/1.x prefixes in the kernel. The request bytes are kept per connection in the kernel
+//! until the response begins, so one record per request (request prefix + response prefix +
+//! both timestamps) reaches userspace.
+
+use crate::EventHeader;
+
+/// A response began: the record carries the request prefix stashed since the request began
+/// (empty if none: a second pipelined response) and the response prefix.
+pub const EXCHANGE_KIND: u32 = 32;
+/// A connection that switched protocols (`101`) was closed: `req_ts_ns` is the upgrade time.
+pub const UPGRADED_CLOSE_KIND: u32 = 33;
+
+/// Bytes of the request stream kept per request (heads, then body bytes up to this).
+pub const REQ_WINDOW: usize = 1024;
+/// Bytes of the first response write kept (status line and headers).
+pub const RESP_WINDOW: usize = 256;
+
+/// `HttpEvent::role`: the process accepted the connection (it serves the requests).
+pub const ROLE_SERVER: u8 = 1;
+/// `HttpEvent::role`: the process connected (it makes the requests).
+pub const ROLE_CLIENT: u8 = 2;
+
+/// `SockState::state` values.
+pub const STATE_IDLE: u8 = 0;
+/// Request bytes are being stashed.
+pub const STATE_REQUEST: u8 = 1;
+/// The response began; further bytes in both directions are body until the next request.
+pub const STATE_RESPONSE: u8 = 2;
+/// The connection switched protocols (WebSocket): nothing more is parsed.
+pub const STATE_UPGRADED: u8 = 3;
+
+/// Settings patched into the kernel object by the agent: syscall numbers of this architecture
+/// (from the `syscalls` crate), register offsets in `struct pt_regs` (from BTF) and the
+/// capture windows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HttpConfig {
+    pub nr_read: u32,
+    pub nr_write: u32,
+    pub nr_readv: u32,
+    pub nr_writev: u32,
+    pub nr_recvfrom: u32,
+    pub nr_sendto: u32,
+    pub nr_recvmsg: u32,
+    pub nr_sendmsg: u32,
+    pub nr_accept: u32,
+    pub nr_accept4: u32,
+    pub nr_connect: u32,
+    pub nr_close: u32,
+    /// Offsets in `struct pt_regs` of the first three syscall arguments.
+    pub arg0: u32,
+    pub arg1: u32,
+    pub arg2: u32,
+    /// Request bytes copied per request, at most `REQ_WINDOW`.
+    pub req_capture: u32,
+    /// Response bytes copied, at most `RESP_WINDOW`.
+    pub resp_capture: u32,
+    /// 1 once filled in; the programs do nothing before.
+    pub valid: u32,
+}
+const _: () = assert!(core::mem::size_of::<HttpConfig>() == 72);
+
+/// Key of the per-socket maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FdKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+const _: () = assert!(core::mem::size_of::<FdKey>() == 8);
+
+/// Per tracked socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockState {
+    /// Unique per connection (the time it was tracked), for pairing in userspace.
+    pub conn_id: u64,
+    /// When the current request's first bytes were seen.
+    pub req_ts_ns: u64,
+    pub role: u8,
+    pub state: u8,
+    /// Bytes stashed for the current request.
+    pub req_len: u16,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<SockState>() == 24);
+
+/// The request stash; twice the window so that the verifier can prove every bounded copy fits.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Stash {
+    pub bytes: [u8; 2 * REQ_WINDOW],
+}
+
+/// A syscall in flight on a tracked socket, from entry to exit (keyed by thread id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingIo {
+    /// User buffer (for vectored calls, the first iovec's base, resolved at entry).
+    pub buf: u64,
+    /// Its length (the first iovec's for vectored calls).
+    pub len: u64,
+    pub fd: u32,
+    /// 1 = bytes flow in (read side), 2 = out (write side), 3 = accept, 4 = connect.
+    pub op: u32,
+}
+const _: () = assert!(core::mem::size_of::<PendingIo>() == 24);
+
+pub const OP_IN: u32 = 1;
+pub const OP_OUT: u32 = 2;
+pub const OP_ACCEPT: u32 = 3;
+pub const OP_CONNECT: u32 = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct HttpEvent {
+    pub header: EventHeader,
+    pub conn_id: u64,
+    pub req_ts_ns: u64,
+    pub tgid: u32,
+    /// The thread that wrote the response (server) or read it (client).
+    pub tid: u32,
+    pub fd: u32,
+    pub role: u8,
+    pub _pad: u8,
+    pub req_len: u16,
+    pub resp_len: u16,
+    pub _pad2: [u8; 6],
+    pub req: [u8; REQ_WINDOW],
+    pub resp: [u8; RESP_WINDOW],
+}
+const _: () = assert!(core::mem::size_of::<HttpEvent>() == 56 + REQ_WINDOW + RESP_WINDOW);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data, repr(C), no padding bytes (sizes asserted above).
+    unsafe impl aya::Pod for super::HttpConfig {}
+    unsafe impl aya::Pod for super::FdKey {}
+    unsafe impl aya::Pod for super::SockState {}
+    unsafe impl aya::Pod for super::PendingIo {}
+}

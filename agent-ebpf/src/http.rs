@@ -1,0 +1,421 @@
+//! `http` probe: HTTP/1.x heads from socket syscalls (BTF-typed `sys_enter`/`sys_exit`).
+//!
+//! Only fds learnt at `accept`/`connect` (IPv4/IPv6) are looked at, never the agent's. Reads
+//! and writes on them are matched against HTTP/1.x prefixes; the request bytes are stashed per
+//! connection until the response begins, then one record (request prefix, response prefix,
+//! both timestamps) goes to userspace.
+
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf, bpf_probe_read_user,
+        bpf_probe_read_user_buf,
+    },
+    macros::{btf_tracepoint, map},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
+    programs::BtfTracePointContext,
+};
+use tenantscope_agent_common::{
+    counters,
+    http::{
+        EXCHANGE_KIND, FdKey, HttpConfig, HttpEvent, OP_ACCEPT, OP_CONNECT, OP_IN, OP_OUT,
+        PendingIo, REQ_WINDOW, RESP_WINDOW, ROLE_CLIENT, ROLE_SERVER, STATE_IDLE, STATE_REQUEST,
+        STATE_RESPONSE, STATE_UPGRADED, SockState, Stash, UPGRADED_CLOSE_KIND,
+    },
+};
+
+use crate::{agent_tgid, count};
+
+#[unsafe(no_mangle)]
+static HTTP_CONFIG: HttpConfig = HttpConfig {
+    nr_read: 0,
+    nr_write: 0,
+    nr_readv: 0,
+    nr_writev: 0,
+    nr_recvfrom: 0,
+    nr_sendto: 0,
+    nr_recvmsg: 0,
+    nr_sendmsg: 0,
+    nr_accept: 0,
+    nr_accept4: 0,
+    nr_connect: 0,
+    nr_close: 0,
+    arg0: 0,
+    arg1: 0,
+    arg2: 0,
+    req_capture: 0,
+    resp_capture: 0,
+    valid: 0,
+};
+
+/// Sockets that may carry HTTP, by (tgid, fd). LRU: fds closed by exit (no `close` call) age out.
+#[map]
+static HTTP_SOCKS: LruHashMap<FdKey, SockState> = LruHashMap::with_max_entries(65536, 0);
+
+/// Request bytes of requests in flight. Only connections inside a request hold one.
+#[map]
+static HTTP_STASH: LruHashMap<FdKey, Stash> = LruHashMap::with_max_entries(4096, 0);
+
+/// Syscall arguments from entry to exit, by thread id.
+#[map]
+static HTTP_PENDING: LruHashMap<u32, PendingIo> = LruHashMap::with_max_entries(16384, 0);
+
+/// Zeroed stash template (a map value, because 2 KiB does not fit on the BPF stack).
+#[map]
+static HTTP_SCRATCH: PerCpuArray<Stash> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+static HTTP_EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+const WAKEUP_BYTES: u64 = 32 * core::mem::size_of::<HttpEvent>() as u64;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const EINPROGRESS: i64 = 115;
+
+#[inline(always)]
+fn config() -> HttpConfig {
+    // SAFETY: a frozen read-only global patched by the loader; volatile so it is not folded.
+    unsafe { core::ptr::read_volatile(&HTTP_CONFIG) }
+}
+
+/// Loads a syscall argument from the BTF-typed `struct pt_regs` (offset known to the verifier).
+#[inline(always)]
+fn reg(regs: u64, off: u32) -> u64 {
+    // SAFETY: verified against BTF; a faulting load reads 0.
+    unsafe { core::ptr::read((regs + u64::from(off)) as *const u64) }
+}
+
+#[btf_tracepoint(function = "sys_enter")]
+pub fn http_sys_enter(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct pt_regs *regs, long id)
+    let c = config();
+    if c.valid == 0 {
+        return 0;
+    }
+    let nr = ctx.arg::<i64>(1) as u32;
+    let op = if nr == c.nr_read || nr == c.nr_recvfrom || nr == c.nr_readv || nr == c.nr_recvmsg {
+        OP_IN
+    } else if nr == c.nr_write || nr == c.nr_sendto || nr == c.nr_writev || nr == c.nr_sendmsg {
+        OP_OUT
+    } else if nr == c.nr_accept || nr == c.nr_accept4 {
+        OP_ACCEPT
+    } else if nr == c.nr_connect {
+        OP_CONNECT
+    } else if nr == c.nr_close {
+        let regs = ctx.arg::<*const u8>(0) as u64;
+        on_close(reg(regs, c.arg0) as u32);
+        return 0;
+    } else {
+        return 0;
+    };
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    if tgid == agent_tgid() {
+        return 0;
+    }
+    let regs = ctx.arg::<*const u8>(0) as u64;
+    let fd = reg(regs, c.arg0) as u32;
+    let (mut buf, mut len) = (reg(regs, c.arg1), reg(regs, c.arg2));
+    match op {
+        OP_IN | OP_OUT => {
+            if HTTP_SOCKS.get_ptr(FdKey { tgid, fd }).is_none() {
+                return 0;
+            }
+            if nr == c.nr_readv || nr == c.nr_writev {
+                (buf, len) = first_iovec(buf);
+            } else if nr == c.nr_recvmsg || nr == c.nr_sendmsg {
+                // struct user_msghdr { void *msg_name; int msg_namelen; struct iovec *msg_iov; ...}
+                let iov = read_user::<u64>(buf + 16).unwrap_or(0);
+                (buf, len) = first_iovec(iov);
+            }
+        }
+        OP_CONNECT => {
+            // Only IPv4/IPv6 connects: the family is the first field of the sockaddr.
+            let family = read_user::<u16>(buf).unwrap_or(0);
+            if family != AF_INET && family != AF_INET6 {
+                return 0;
+            }
+        }
+        _ => {}
+    }
+    let p = PendingIo { buf, len, fd, op };
+    let _ = HTTP_PENDING.insert(id as u32, p, 0);
+    0
+}
+
+#[btf_tracepoint(function = "sys_exit")]
+pub fn http_sys_exit(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct pt_regs *regs, long ret)
+    let id = bpf_get_current_pid_tgid();
+    let tid = id as u32;
+    let Some(p) = HTTP_PENDING.get_ptr(tid) else {
+        return 0;
+    };
+    // SAFETY: live map value.
+    let p = unsafe { *p };
+    let _ = HTTP_PENDING.remove(tid);
+    let ret = ctx.arg::<i64>(1);
+    let tgid = (id >> 32) as u32;
+    match p.op {
+        OP_ACCEPT if ret >= 0 => track(tgid, ret as u32, ROLE_SERVER),
+        OP_CONNECT if ret == 0 || ret == -EINPROGRESS => track(tgid, p.fd, ROLE_CLIENT),
+        OP_IN | OP_OUT if ret > 0 => {
+            // Only the first iovec was resolved: never read past it.
+            let n = if (ret as u64) < p.len {
+                ret as u64
+            } else {
+                p.len
+            };
+            on_data(tgid, tid, p.fd, p.op == OP_IN, p.buf, n);
+        }
+        _ => {}
+    }
+    0
+}
+
+#[inline(always)]
+fn read_user<T>(addr: u64) -> Option<T> {
+    // SAFETY: the helper validates the user address.
+    let r = unsafe { bpf_probe_read_user(addr as *const T) };
+    if r.is_err() {
+        count(counters::HTTP_READ_FAILED);
+    }
+    r.ok()
+}
+
+/// `(iov_base, iov_len)` of the first `struct iovec` at `iov`.
+#[inline(always)]
+fn first_iovec(iov: u64) -> (u64, u64) {
+    match read_user::<[u64; 2]>(iov) {
+        Some([base, len]) => (base, len),
+        None => (0, 0),
+    }
+}
+
+fn track(tgid: u32, fd: u32, role: u8) {
+    // SAFETY: always callable from tracing programs.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let state = SockState {
+        conn_id: now,
+        req_ts_ns: 0,
+        role,
+        state: STATE_IDLE,
+        req_len: 0,
+        _pad: 0,
+    };
+    let _ = HTTP_SOCKS.insert(FdKey { tgid, fd }, state, 0);
+}
+
+fn on_close(fd: u32) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let key = FdKey { tgid, fd };
+    let Some(s) = HTTP_SOCKS.get_ptr(key) else {
+        return;
+    };
+    // SAFETY: live map value.
+    let s = unsafe { *s };
+    let _ = HTTP_SOCKS.remove(key);
+    let _ = HTTP_STASH.remove(key);
+    if s.state == STATE_UPGRADED {
+        let Some(mut entry) = HTTP_EVENTS.reserve::<HttpEvent>(0) else {
+            count(counters::HTTP_EVENTS_DROPPED);
+            return;
+        };
+        // SAFETY: the reserved record is written field by field; bulk arrays stay as reserved
+        // (userspace reads req_len/resp_len bytes only, both 0 here).
+        unsafe {
+            let ev = entry.as_mut_ptr();
+            (*ev).header.kind = UPGRADED_CLOSE_KIND;
+            (*ev).header._pad = 0;
+            (*ev).header.ts_ns = bpf_ktime_get_ns();
+            (*ev).conn_id = s.conn_id;
+            (*ev).req_ts_ns = s.req_ts_ns;
+            (*ev).tgid = tgid;
+            (*ev).tid = bpf_get_current_pid_tgid() as u32;
+            (*ev).fd = fd;
+            (*ev).role = s.role;
+            (*ev).req_len = 0;
+            (*ev).resp_len = 0;
+        }
+        entry.submit(0);
+    }
+}
+
+/// First bytes of a request line: a known method followed by a space.
+#[inline(always)]
+fn is_request(p: &[u8; 8]) -> bool {
+    matches!(
+        p,
+        [b'G', b'E', b'T', b' ', ..]
+            | [b'P', b'O', b'S', b'T', b' ', ..]
+            | [b'P', b'U', b'T', b' ', ..]
+            | [b'H', b'E', b'A', b'D', b' ', ..]
+            | [b'D', b'E', b'L', b'E', b'T', b'E', b' ', ..]
+            | [b'P', b'A', b'T', b'C', b'H', b' ', ..]
+            | [b'O', b'P', b'T', b'I', b'O', b'N', b'S', b' ']
+            | [b'C', b'O', b'N', b'N', b'E', b'C', b'T', b' ']
+            | [b'T', b'R', b'A', b'C', b'E', b' ', ..]
+    )
+}
+
+#[inline(always)]
+fn is_response(p: &[u8; 8]) -> bool {
+    p == b"HTTP/1.1" || p == b"HTTP/1.0"
+}
+
+fn on_data(tgid: u32, tid: u32, fd: u32, inbound: bool, buf: u64, n: u64) {
+    let key = FdKey { tgid, fd };
+    let Some(s) = HTTP_SOCKS.get_ptr_mut(key) else {
+        return;
+    };
+    // SAFETY: live map value, updated by this connection's syscalls.
+    let (role, state) = unsafe { ((*s).role, (*s).state) };
+    if state == STATE_UPGRADED {
+        return;
+    }
+    // Requests flow in to a server and out of a client; responses the other way.
+    let request_side = inbound == (role == ROLE_SERVER);
+    let mut prefix = [0u8; 8];
+    if n >= 8 {
+        prefix = read_user::<[u8; 8]>(buf).unwrap_or([0; 8]);
+    }
+    if request_side {
+        if state != STATE_REQUEST {
+            if n < 8 || !is_request(&prefix) {
+                return; // body bytes of a request whose head we already have
+            }
+            // SAFETY: as above.
+            unsafe {
+                (*s).state = STATE_REQUEST;
+                (*s).req_ts_ns = bpf_ktime_get_ns();
+                (*s).req_len = 0;
+            }
+            let Some(zero) = HTTP_SCRATCH.get_ptr(0) else {
+                return;
+            };
+            // SAFETY: a valid map value pointer of the right type. Passed by reference on
+            // purpose: a copy would put 2 KiB on the 512-byte BPF stack.
+            #[allow(clippy::needless_borrows_for_generic_args)]
+            let inserted = HTTP_STASH.insert(key, unsafe { &*zero }, 0);
+            if inserted.is_err() {
+                return;
+            }
+        }
+        // SAFETY: as above.
+        let have = unsafe { (*s).req_len } as u64;
+        let copied = stash(key, have, buf, n);
+        // SAFETY: as above.
+        unsafe { (*s).req_len = (have + copied) as u16 };
+        return;
+    }
+    // Response side: only the first bytes of a response matter.
+    if n < 8 || !is_response(&prefix) {
+        return;
+    }
+    let status = read_user::<[u8; 4]>(buf + 8).unwrap_or([0; 4]);
+    // "HTTP/1.1 1xx": interim (100 Continue, 103 Early Hints) unless 101 Switching Protocols.
+    let interim = status[1] == b'1';
+    let upgrade = interim && status[2] == b'0' && status[3] == b'1';
+    if interim && !upgrade {
+        return;
+    }
+    // SAFETY: as above.
+    let (conn_id, req_ts, req_len) = unsafe { ((*s).conn_id, (*s).req_ts_ns, (*s).req_len) };
+    // A response without a stashed request (pipelining) still goes up, with no request bytes.
+    let req_len = if state == STATE_REQUEST { req_len } else { 0 };
+    // SAFETY: as above.
+    unsafe {
+        (*s).state = if upgrade {
+            STATE_UPGRADED
+        } else {
+            STATE_RESPONSE
+        };
+    }
+    emit(key, conn_id, req_ts, req_len, tid, role, buf, n);
+    let _ = HTTP_STASH.remove(key);
+}
+
+/// Appends up to the capture window of `n` user bytes at `buf` to the stash; returns how many.
+#[inline(always)]
+fn stash(key: FdKey, have: u64, buf: u64, n: u64) -> u64 {
+    let cap = u64::from(config().req_capture).min(REQ_WINDOW as u64);
+    if have >= cap {
+        return 0;
+    }
+    let Some(st) = HTTP_STASH.get_ptr_mut(key) else {
+        count(counters::HTTP_STASH_EVICTED);
+        return 0;
+    };
+    let room = cap - have;
+    let len = if n < room { n } else { room };
+    // Masks the verifier can follow: offset < REQ_WINDOW and length <= REQ_WINDOW, inside a
+    // buffer of 2 * REQ_WINDOW.
+    let off = (have as usize) & (REQ_WINDOW - 1);
+    let len = (len as usize) & (2 * REQ_WINDOW - 1);
+    if len == 0 || len > REQ_WINDOW {
+        return 0;
+    }
+    // SAFETY: off + len <= 2 * REQ_WINDOW, the stash's size (raw: no bounds-check panic path).
+    let dst = unsafe { core::slice::from_raw_parts_mut((*st).bytes.as_mut_ptr().add(off), len) };
+    // SAFETY: the helper validates the user address.
+    if unsafe { bpf_probe_read_user_buf(buf as *const u8, dst) }.is_err() {
+        count(counters::HTTP_READ_FAILED);
+        return 0;
+    }
+    len as u64
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn emit(key: FdKey, conn_id: u64, req_ts: u64, req_len: u16, tid: u32, role: u8, buf: u64, n: u64) {
+    let Some(mut entry) = HTTP_EVENTS.reserve::<HttpEvent>(0) else {
+        count(counters::HTTP_EVENTS_DROPPED);
+        return;
+    };
+    let resp_cap = u64::from(config().resp_capture).min(RESP_WINDOW as u64);
+    let resp_len = (if n < resp_cap { n } else { resp_cap } as usize) & (2 * RESP_WINDOW - 1);
+    let req_len = (req_len as usize) & (2 * REQ_WINDOW - 1);
+    // SAFETY: the reserved record is written in place (it is too large for the stack).
+    unsafe {
+        let ev = entry.as_mut_ptr();
+        (*ev).header.kind = EXCHANGE_KIND;
+        (*ev).header._pad = 0;
+        (*ev).header.ts_ns = bpf_ktime_get_ns();
+        (*ev).conn_id = conn_id;
+        (*ev).req_ts_ns = req_ts;
+        (*ev).tgid = key.tgid;
+        (*ev).tid = tid;
+        (*ev).fd = key.fd;
+        (*ev).role = role;
+        (*ev)._pad = 0;
+        (*ev).req_len = 0;
+        (*ev).resp_len = 0;
+        if req_len > 0
+            && req_len <= REQ_WINDOW
+            && let Some(st) = HTTP_STASH.get_ptr(key)
+            && bpf_probe_read_kernel_buf(
+                (*st).bytes.as_ptr(),
+                core::slice::from_raw_parts_mut((*ev).req.as_mut_ptr(), req_len),
+            )
+            .is_ok()
+        {
+            (*ev).req_len = req_len as u16;
+        }
+        if resp_len > 0
+            && resp_len <= RESP_WINDOW
+            && bpf_probe_read_user_buf(
+                buf as *const u8,
+                core::slice::from_raw_parts_mut((*ev).resp.as_mut_ptr(), resp_len),
+            )
+            .is_ok()
+        {
+            (*ev).resp_len = resp_len as u16;
+        }
+    }
+    let flags = if HTTP_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(u64::from(flags));
+}

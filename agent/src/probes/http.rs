@@ -1,0 +1,251 @@
+//! `http` probe: patches syscall numbers and `pt_regs` offsets into the kernel object,
+//! attaches the BTF-typed `sys_enter`/`sys_exit` programs and decodes their records.
+
+use aya::{
+    Ebpf,
+    maps::{MapData, RingBuf},
+};
+use syscalls::Sysno;
+use tenantscope_agent_common::http::{
+    EXCHANGE_KIND, HttpConfig, HttpEvent, REQ_WINDOW, RESP_WINDOW, ROLE_CLIENT, ROLE_SERVER,
+    UPGRADED_CLOSE_KIND,
+};
+
+use super::{ProbeError, btf::Btf, take_map};
+
+/// Which end of the connection the process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// It accepted the connection and serves the requests.
+    Server,
+    /// It connected and makes the requests.
+    Client,
+}
+
+pub const NAME: &str = "http";
+
+/// The syscall-argument registers of this architecture in `struct pt_regs`.
+#[cfg(target_arch = "x86_64")]
+const ARG_REGS: [&str; 3] = ["di", "si", "dx"];
+#[cfg(target_arch = "aarch64")]
+const ARG_REGS: [&str; 3] = ["regs", "regs", "regs"];
+
+/// Builds the kernel configuration: this architecture's syscall numbers, the argument registers'
+/// offsets from BTF, and the capture windows (clamped to the kernel's buffers).
+pub fn resolve_config(req_capture: usize, resp_capture: usize) -> Result<HttpConfig, ProbeError> {
+    let btf = Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
+    let mut arg = [0u32; 3];
+    for (i, name) in ARG_REGS.iter().enumerate() {
+        let m = btf
+            .member("pt_regs", &[name])
+            .map_err(|e| ProbeError::Btf(e.to_string()))?;
+        // On aarch64 the arguments are `regs[0..]`, 8 bytes apart.
+        arg[i] = if ARG_REGS[0] == ARG_REGS[1] {
+            m.offset + 8 * i as u32
+        } else {
+            m.offset
+        };
+    }
+    let nr = |s: Sysno| s as u32;
+    // Architectures without plain accept (aarch64) reuse accept4's number: harmless.
+    #[cfg(target_arch = "x86_64")]
+    let accept = nr(Sysno::accept);
+    #[cfg(not(target_arch = "x86_64"))]
+    let accept = nr(Sysno::accept4);
+    Ok(HttpConfig {
+        nr_read: nr(Sysno::read),
+        nr_write: nr(Sysno::write),
+        nr_readv: nr(Sysno::readv),
+        nr_writev: nr(Sysno::writev),
+        nr_recvfrom: nr(Sysno::recvfrom),
+        nr_sendto: nr(Sysno::sendto),
+        nr_recvmsg: nr(Sysno::recvmsg),
+        nr_sendmsg: nr(Sysno::sendmsg),
+        nr_accept: accept,
+        nr_accept4: nr(Sysno::accept4),
+        nr_connect: nr(Sysno::connect),
+        nr_close: nr(Sysno::close),
+        arg0: arg[0],
+        arg1: arg[1],
+        arg2: arg[2],
+        req_capture: req_capture.min(REQ_WINDOW) as u32,
+        resp_capture: resp_capture.min(RESP_WINDOW) as u32,
+        valid: 1,
+    })
+}
+
+/// Attaches exit before enter (an exit without its entry finds nothing pending); returns the
+/// record ring.
+pub fn attach(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, ProbeError> {
+    let btf = aya::Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
+    super::attach_btf_tracepoint(ebpf, &btf, "http_sys_exit", "sys_exit")?;
+    if let Err(e) = super::attach_btf_tracepoint(ebpf, &btf, "http_sys_enter", "sys_enter") {
+        if let Some(aya::programs::Program::BtfTracePoint(p)) = ebpf.program_mut("http_sys_exit") {
+            let _ = p.unload();
+        }
+        return Err(e);
+    }
+    take_map(ebpf, "HTTP_EVENTS")
+}
+
+/// A decoded record; `request` and `response` borrow from the ring-buffer item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record<'a> {
+    Exchange {
+        conn: u64,
+        role: Role,
+        tgid: u32,
+        tid: u32,
+        req_ts: u64,
+        resp_ts: u64,
+        request: &'a [u8],
+        response: &'a [u8],
+    },
+    UpgradedClose {
+        conn: u64,
+        at: u64,
+    },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {got} bytes, expected {expected}")]
+    Size { got: usize, expected: usize },
+    #[error("unknown record kind {0}")]
+    Kind(u32),
+    #[error("unknown role {0}")]
+    Role(u8),
+    #[error("captured length {0} exceeds its window")]
+    Length(u16),
+}
+
+/// Decodes one record. Pure; never panics on any input.
+pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
+    let expected = size_of::<HttpEvent>();
+    if bytes.len() != expected {
+        return Err(DecodeError::Size {
+            got: bytes.len(),
+            expected,
+        });
+    }
+    let u16_at = |o: usize| u16::from_ne_bytes([bytes[o], bytes[o + 1]]);
+    let u32_at = |o: usize| u32::from_ne_bytes(bytes[o..o + 4].try_into().unwrap_or([0; 4]));
+    let u64_at = |o: usize| u64::from_ne_bytes(bytes[o..o + 8].try_into().unwrap_or([0; 8]));
+    // Offsets of HttpEvent's fields (layout asserted in agent-common).
+    let (kind, ts) = (u32_at(0), u64_at(8));
+    let (conn, req_ts, tgid, tid) = (u64_at(16), u64_at(24), u32_at(32), u32_at(36));
+    let (role, req_len, resp_len) = (bytes[44], u16_at(46), u16_at(48));
+    match kind {
+        UPGRADED_CLOSE_KIND => Ok(Record::UpgradedClose { conn, at: ts }),
+        EXCHANGE_KIND => {
+            let role = match role {
+                ROLE_SERVER => Role::Server,
+                ROLE_CLIENT => Role::Client,
+                r => return Err(DecodeError::Role(r)),
+            };
+            if usize::from(req_len) > REQ_WINDOW {
+                return Err(DecodeError::Length(req_len));
+            }
+            if usize::from(resp_len) > RESP_WINDOW {
+                return Err(DecodeError::Length(resp_len));
+            }
+            let req_at = 56;
+            let resp_at = req_at + REQ_WINDOW;
+            Ok(Record::Exchange {
+                conn,
+                role,
+                tgid,
+                tid,
+                req_ts,
+                resp_ts: ts,
+                request: &bytes[req_at..req_at + usize::from(req_len)],
+                response: &bytes[resp_at..resp_at + usize::from(resp_len)],
+            })
+        }
+        k => Err(DecodeError::Kind(k)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tenantscope_agent_common::http::HttpEvent;
+
+    use super::*;
+
+    fn record(kind: u32, role: u8, req: &[u8], resp: &[u8]) -> Vec<u8> {
+        let mut ev: HttpEvent = unsafe { core::mem::zeroed() };
+        ev.header.kind = kind;
+        ev.header.ts_ns = 900;
+        ev.conn_id = 77;
+        ev.req_ts_ns = 100;
+        ev.tgid = 5;
+        ev.tid = 6;
+        ev.fd = 9;
+        ev.role = role;
+        ev.req_len = req.len() as u16;
+        ev.resp_len = resp.len() as u16;
+        ev.req[..req.len()].copy_from_slice(req);
+        ev.resp[..resp.len()].copy_from_slice(resp);
+        // SAFETY: plain data viewed as bytes.
+        unsafe { std::slice::from_raw_parts((&raw const ev).cast::<u8>(), size_of::<HttpEvent>()) }
+            .to_vec()
+    }
+
+    #[test]
+    fn decodes_an_exchange_and_an_upgraded_close() {
+        let raw = record(
+            EXCHANGE_KIND,
+            ROLE_SERVER,
+            b"GET / HTTP/1.1\r\n",
+            b"HTTP/1.1 200",
+        );
+        assert_eq!(
+            decode(&raw),
+            Ok(Record::Exchange {
+                conn: 77,
+                role: Role::Server,
+                tgid: 5,
+                tid: 6,
+                req_ts: 100,
+                resp_ts: 900,
+                request: b"GET / HTTP/1.1\r\n",
+                response: b"HTTP/1.1 200",
+            })
+        );
+        let raw = record(UPGRADED_CLOSE_KIND, ROLE_CLIENT, b"", b"");
+        assert_eq!(
+            decode(&raw),
+            Ok(Record::UpgradedClose { conn: 77, at: 900 })
+        );
+    }
+
+    #[test]
+    fn rejects_bad_records() {
+        assert!(matches!(decode(&[0; 3]), Err(DecodeError::Size { .. })));
+        let mut raw = record(EXCHANGE_KIND, ROLE_SERVER, b"x", b"y");
+        raw[46..48].copy_from_slice(&5000u16.to_ne_bytes());
+        assert_eq!(decode(&raw), Err(DecodeError::Length(5000)));
+        assert_eq!(
+            decode(&record(EXCHANGE_KIND, 9, b"", b"")),
+            Err(DecodeError::Role(9))
+        );
+        assert_eq!(
+            decode(&record(99, ROLE_SERVER, b"", b"")),
+            Err(DecodeError::Kind(99))
+        );
+    }
+
+    #[test]
+    fn config_resolves_on_this_kernel() {
+        match resolve_config(4096, 100) {
+            Ok(c) => {
+                assert_eq!(c.valid, 1);
+                assert_eq!(c.req_capture as usize, REQ_WINDOW, "clamped to the window");
+                assert_eq!(c.resp_capture, 100);
+                assert_ne!(c.arg0, c.arg1);
+                assert_eq!(c.nr_close, Sysno::close as u32);
+            }
+            Err(e) => eprintln!("SKIP config_resolves_on_this_kernel: no kernel BTF ({e})"),
+        }
+    }
+}
