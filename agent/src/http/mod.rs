@@ -5,3 +5,4 @@ pub mod pairing;
 pub mod parse;
 pub mod route;
 pub mod tenant;
+pub mod trace;
