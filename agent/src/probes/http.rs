@@ -12,15 +12,7 @@ use tenantscope_agent_common::http::{
 };
 
 use super::{ProbeError, btf::Btf, take_map};
-
-/// Which end of the connection the process is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// It accepted the connection and serves the requests.
-    Server,
-    /// It connected and makes the requests.
-    Client,
-}
+pub use crate::http::pairing::Role;
 
 pub const NAME: &str = "http";
 
