@@ -78,6 +78,7 @@ pub struct Agent {
     tcp_agg: TcpAggregator,
     tcp_buf: Vec<(TcpStatsKey, TcpStats)>,
     http_events: Option<AsyncFd<RingBuf<MapData>>>,
+    http: Option<crate::aggregate::http::HttpPipeline>,
     probes: Vec<(&'static str, ProbeState)>,
     table: ProcessTable,
     agg: SyscallAggregator,
@@ -189,6 +190,19 @@ impl Agent {
             }
         };
 
+        let http = match &http_events {
+            Some(_) => Some(crate::aggregate::http::HttpPipeline::new(
+                cfg.http.max_connections,
+                crate::http::route::RouteTable::new(&cfg.http.routes)
+                    .map_err(ProbeError::Config)?,
+                crate::http::tenant::TenantResolver::new(&cfg.http.tenant)
+                    .map_err(ProbeError::Config)?,
+                cfg.http.max_series,
+                telemetry.http.clone(),
+            )),
+            None => None,
+        };
+
         // Parsing the kernel's BTF (two copies of ~5 MB) left freed memory in the heap that
         // glibc keeps mapped: hand it back so the agent's RSS reflects its steady state.
         #[cfg(target_env = "gnu")]
@@ -206,6 +220,7 @@ impl Agent {
             }),
             tcp_buf: Vec::new(),
             http_events,
+            http,
             table: ProcessTable::new(cfg.workloads.max, cfg.workloads.idle_ttl),
             cfg,
             loaded,
@@ -279,32 +294,48 @@ impl Agent {
     }
 
     fn drain_http_events(&mut self) {
-        let Some(ring) = self.http_events.as_mut() else {
+        let (Some(ring), Some(pipeline)) = (self.http_events.as_mut(), self.http.as_mut()) else {
             return;
         };
         let ring = ring.get_mut();
-        let t = &self.telemetry;
+        let now = Instant::now();
+        let (table, proc_root, t) = (&mut self.table, &self.proc_root, &self.telemetry);
         while let Some(item) = ring.next() {
-            match http::decode(&item) {
-                Ok(rec) => {
-                    let kind = match rec {
-                        http::Record::Exchange { .. } => "exchange",
-                        http::Record::UpgradedClose { .. } => "upgraded_close",
-                    };
-                    t.events
-                        .get_or_create(&ProbeKindLabels {
-                            probe: http::NAME,
-                            kind,
-                        })
-                        .inc();
+            let label_of = |tgid| resolve(table, proc_root, t, tgid, now);
+            let kind = match http::decode(&item) {
+                Ok(http::Record::Exchange {
+                    conn,
+                    role,
+                    tgid,
+                    tid,
+                    req_ts,
+                    resp_ts,
+                    request,
+                    response,
+                }) => {
+                    pipeline.on_record(
+                        conn, role, tgid, tid, request, response, req_ts, resp_ts, label_of,
+                    );
+                    "exchange"
+                }
+                Ok(http::Record::UpgradedClose { conn, at }) => {
+                    pipeline.on_close(conn, at, label_of);
+                    "upgraded_close"
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "skipping undecodable http record");
                     t.decode_errors
                         .get_or_create(&ProbeLabels { probe: http::NAME })
                         .inc();
+                    continue;
                 }
-            }
+            };
+            t.events
+                .get_or_create(&ProbeKindLabels {
+                    probe: http::NAME,
+                    kind,
+                })
+                .inc();
         }
     }
 

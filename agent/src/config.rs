@@ -599,6 +599,16 @@ impl Config {
             self.http.max_connections,
             HTTP_MAX_CONNECTIONS,
         )?;
+        check_range("http.max_series", self.http.max_series, HTTP_MAX_SERIES)?;
+        // Their messages already name the exact key (`http.routes.services[0]...`).
+        self.http
+            .routes
+            .validate()
+            .map_err(|e| invalid("http.routes", e))?;
+        self.http
+            .tenant
+            .validate()
+            .map_err(|e| invalid("http.tenant", e))?;
         check_range("workloads.max", self.workloads.max, MAX_WORKLOADS)?;
         check_duration("workloads.idle_ttl", self.workloads.idle_ttl, IDLE_TTL)?;
         Ok(())
@@ -656,6 +666,7 @@ fn check_duration(
 const HTTP_REQUEST_CAPTURE: (usize, usize) = (64, 1024);
 const HTTP_RESPONSE_CAPTURE: (usize, usize) = (16, 256);
 const HTTP_MAX_CONNECTIONS: (usize, usize) = (16, 1_048_576);
+const HTTP_MAX_SERIES: (usize, usize) = (100, 1_000_000);
 
 /// `[http]`: HTTP/1.x requests seen in socket reads and writes.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -675,6 +686,14 @@ pub struct HttpConfig {
     /// Connections whose request/response pairing state userspace keeps; beyond it the least
     /// recently used is dropped and counted. 16 to 1048576. Default `16384`.
     pub max_connections: usize,
+    /// Distinct request label sets (workload, side, tenant, method, status, route) exported;
+    /// requests beyond it are counted in `tenantscope_agent_http_series_overflow_total`.
+    /// 100 to 1000000. Default `20000`.
+    pub max_series: usize,
+    /// `[http.routes]`: route templates per service and the automatic fallback.
+    pub routes: crate::http::route::RoutesConfig,
+    /// `[http.tenant]`: the ordered tenant attribution chain, allowlist and cap.
+    pub tenant: crate::http::tenant::TenantConfig,
 }
 
 impl Default for HttpConfig {
@@ -689,6 +708,10 @@ impl Default for HttpConfig {
             // ~3,000 records: a second of a busy node's requests between 100 ms polls.
             ringbuf_bytes: 4 * 1024 * 1024,
             max_connections: 16_384,
+            // 1,000 tenants x a handful of routes, methods and statuses on a node.
+            max_series: 20_000,
+            routes: Default::default(),
+            tenant: Default::default(),
         }
     }
 }

@@ -75,6 +75,7 @@ pub struct Telemetry {
     pub workloads_expired: Counter,
     pub read_duration: Histogram,
     pub proc_reads: Counter,
+    pub http: crate::aggregate::http::HttpMetrics,
 }
 
 /// What the main loop publishes after each read of the kernel maps.
@@ -380,6 +381,7 @@ impl Default for Telemetry {
                 prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 14),
             ),
             proc_reads: Counter::default(),
+            http: Default::default(),
         }
     }
 }
@@ -446,6 +448,40 @@ impl Telemetry {
             "Time to read and fold the kernel aggregation maps, per read cycle",
             Unit::Seconds,
             self.read_duration.clone(),
+        );
+        let h = &self.http;
+        r.register_with_unit(
+            "http_server_request_duration",
+            "Duration of HTTP server requests, from the first request byte read to the first response byte written (OpenTelemetry http.server.request.duration)",
+            Unit::Seconds,
+            h.server.clone(),
+        );
+        r.register_with_unit(
+            "http_client_request_duration",
+            "Duration of HTTP client requests, from the first request byte written to the first response byte read (OpenTelemetry http.client.request.duration)",
+            Unit::Seconds,
+            h.client.clone(),
+        );
+        r.register(
+            "tenantscope_http_websocket_connections_active",
+            "WebSocket connections open now, by workload, side and tenant",
+            h.ws_active.clone(),
+        );
+        r.register_with_unit(
+            "tenantscope_http_websocket_connection_duration",
+            "Lifetime of closed WebSocket connections, from the 101 response to the close",
+            Unit::Seconds,
+            h.ws_duration.clone(),
+        );
+        r.register(
+            "tenantscope_agent_http_series_overflow",
+            "Requests not counted in their own series because http.max_series label sets exist",
+            h.series_overflow.clone(),
+        );
+        r.register(
+            "tenantscope_agent_http_unpaired_requests",
+            "Captured HTTP messages that could not be paired into a request and response, by reason",
+            h.unpaired.clone(),
         );
         r.register_collector(Box::new(collector));
         r

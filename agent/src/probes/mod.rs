@@ -56,6 +56,8 @@ pub enum ProbeError {
     },
     #[error("kernel BTF (/sys/kernel/btf/vmlinux, needs CONFIG_DEBUG_INFO_BTF): {0}")]
     Btf(String),
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("cannot poll the ring buffer: {0}")]
     Poll(#[source] std::io::Error),
     #[error("map {map}: {source}")]
