@@ -54,6 +54,9 @@ pub struct HttpConfig {
     pub arg0: u32,
     pub arg1: u32,
     pub arg2: u32,
+    /// Offset in `struct pt_regs` of the syscall number at exit (`orig_ax` on x86_64), so that
+    /// exits of syscalls the probe ignores cost no map lookup.
+    pub nr_reg: u32,
     /// Request bytes copied per request, at most `REQ_WINDOW`.
     pub req_capture: u32,
     /// Response bytes copied, at most `RESP_WINDOW`.
@@ -61,7 +64,7 @@ pub struct HttpConfig {
     /// 1 once filled in; the programs do nothing before.
     pub valid: u32,
 }
-const _: () = assert!(core::mem::size_of::<HttpConfig>() == 72);
+const _: () = assert!(core::mem::size_of::<HttpConfig>() == 76);
 
 /// Key of the per-socket maps.
 #[repr(C)]

@@ -1,4 +1,5 @@
-//! `http` probe: HTTP/1.x heads from socket syscalls (BTF-typed `sys_enter`/`sys_exit`).
+//! `http` probe: HTTP/1.x heads from socket syscalls, called from the shared BTF-typed
+//! `sys_enter`/`sys_exit` programs in `syscalls.rs`.
 //!
 //! Only fds learnt at `accept`/`connect` (IPv4/IPv6) are looked at, never the agent's. Reads
 //! and writes on them are matched against HTTP/1.x prefixes; the request bytes are stashed per
@@ -11,9 +12,8 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf, bpf_probe_read_user,
         bpf_probe_read_user_buf,
     },
-    macros::{btf_tracepoint, map},
+    macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
-    programs::BtfTracePointContext,
 };
 use tenantscope_agent_common::{
     counters,
@@ -43,6 +43,7 @@ static HTTP_CONFIG: HttpConfig = HttpConfig {
     arg0: 0,
     arg1: 0,
     arg2: 0,
+    nr_reg: 0,
     req_capture: 0,
     resp_capture: 0,
     valid: 0,
@@ -85,14 +86,15 @@ fn reg(regs: u64, off: u32) -> u64 {
     unsafe { core::ptr::read((regs + u64::from(off)) as *const u64) }
 }
 
-#[btf_tracepoint(function = "sys_enter")]
-pub fn http_sys_enter(ctx: BtfTracePointContext) -> i32 {
-    // TP_PROTO(struct pt_regs *regs, long id)
+/// At syscall entry: remembers the arguments of socket I/O on tracked fds, accepts and connects.
+/// `regs` is the BTF-typed `struct pt_regs *`.
+#[inline(always)]
+pub fn on_enter(regs: u64, nr: i64) {
     let c = config();
     if c.valid == 0 {
-        return 0;
+        return;
     }
-    let nr = ctx.arg::<i64>(1) as u32;
+    let nr = nr as u32;
     let op = if nr == c.nr_read || nr == c.nr_recvfrom || nr == c.nr_readv || nr == c.nr_recvmsg {
         OP_IN
     } else if nr == c.nr_write || nr == c.nr_sendto || nr == c.nr_writev || nr == c.nr_sendmsg {
@@ -102,24 +104,22 @@ pub fn http_sys_enter(ctx: BtfTracePointContext) -> i32 {
     } else if nr == c.nr_connect {
         OP_CONNECT
     } else if nr == c.nr_close {
-        let regs = ctx.arg::<*const u8>(0) as u64;
         on_close(reg(regs, c.arg0) as u32);
-        return 0;
+        return;
     } else {
-        return 0;
+        return;
     };
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
     if tgid == agent_tgid() {
-        return 0;
+        return;
     }
-    let regs = ctx.arg::<*const u8>(0) as u64;
     let fd = reg(regs, c.arg0) as u32;
     let (mut buf, mut len) = (reg(regs, c.arg1), reg(regs, c.arg2));
     match op {
         OP_IN | OP_OUT => {
             if HTTP_SOCKS.get_ptr(FdKey { tgid, fd }).is_none() {
-                return 0;
+                return;
             }
             if nr == c.nr_readv || nr == c.nr_writev {
                 (buf, len) = first_iovec(buf);
@@ -133,28 +133,45 @@ pub fn http_sys_enter(ctx: BtfTracePointContext) -> i32 {
             // Only IPv4/IPv6 connects: the family is the first field of the sockaddr.
             let family = read_user::<u16>(buf).unwrap_or(0);
             if family != AF_INET && family != AF_INET6 {
-                return 0;
+                return;
             }
         }
         _ => {}
     }
     let p = PendingIo { buf, len, fd, op };
     let _ = HTTP_PENDING.insert(id as u32, p, 0);
-    0
 }
 
-#[btf_tracepoint(function = "sys_exit")]
-pub fn http_sys_exit(ctx: BtfTracePointContext) -> i32 {
-    // TP_PROTO(struct pt_regs *regs, long ret)
+/// At syscall exit: tracks accepted/connected sockets, looks at the bytes moved on them.
+#[inline(always)]
+pub fn on_exit(regs: u64, ret: i64) {
+    let c = config();
+    if c.valid == 0 {
+        return;
+    }
+    let nr = reg(regs, c.nr_reg) as u32;
+    let wanted = nr == c.nr_read
+        || nr == c.nr_write
+        || nr == c.nr_recvfrom
+        || nr == c.nr_sendto
+        || nr == c.nr_readv
+        || nr == c.nr_writev
+        || nr == c.nr_recvmsg
+        || nr == c.nr_sendmsg
+        || nr == c.nr_accept
+        || nr == c.nr_accept4
+        || nr == c.nr_connect;
+    if !wanted {
+        return;
+    }
     let id = bpf_get_current_pid_tgid();
     let tid = id as u32;
     let Some(p) = HTTP_PENDING.get_ptr(tid) else {
-        return 0;
+        return;
     };
     // SAFETY: live map value.
     let p = unsafe { *p };
     let _ = HTTP_PENDING.remove(tid);
-    let ret = ctx.arg::<i64>(1);
     let tgid = (id >> 32) as u32;
     match p.op {
         OP_ACCEPT if ret >= 0 => track(tgid, ret as u32, ROLE_SERVER),
@@ -170,7 +187,6 @@ pub fn http_sys_exit(ctx: BtfTracePointContext) -> i32 {
         }
         _ => {}
     }
-    0
 }
 
 #[inline(always)]

@@ -1,21 +1,36 @@
 //! `syscalls` probe: enter/exit pairing per thread and in-kernel aggregation per (tgid, nr).
 //!
-//! Two hook flavours run the same logic: raw tracepoints (the default, cheapest here) and
-//! classic `raw_syscalls` tracepoints (kept for the cost comparison in docs/benchmarks.md).
+//! Two hook flavours run the same logic: the BTF-typed raw tracepoints `sys_enter`/`sys_exit`
+//! (the default, cheapest here, shared with the `http` probe so that a syscall pays for one pair
+//! of program runs whatever the probes) and classic `raw_syscalls` tracepoints (kept for kernels
+//! without BTF and for the cost comparison in docs/benchmarks.md).
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{map, raw_tracepoint, tracepoint},
+    macros::{btf_tracepoint, map, tracepoint},
     maps::{HashMap, LruHashMap},
-    programs::{RawTracePointContext, TracePointContext},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use tenantscope_agent_common::{
     counters,
     syscalls::{self as common, NR_INVALID, NR_MAX, SyscallKey, SyscallStart, SyscallStats},
 };
 
-use crate::{agent_tgid, atomic_add, count};
+use crate::{agent_tgid, atomic_add, count, http};
+
+/// Which probes the shared `sys_enter`/`sys_exit` programs serve, patched at load (a frozen
+/// global, so the verifier drops the code of a probe that is off).
+#[unsafe(no_mangle)]
+static SYSCALL_HOOKS: u32 = 0;
+const HOOK_SYSCALLS: u32 = 1;
+const HOOK_HTTP: u32 = 2;
+
+#[inline(always)]
+fn hooks() -> u32 {
+    // SAFETY: a read-only global patched by the loader; volatile so it is not constant-folded.
+    unsafe { core::ptr::read_volatile(&SYSCALL_HOOKS) }
+}
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 
@@ -29,17 +44,31 @@ static SYSCALL_START: LruHashMap<u32, SyscallStart> = LruHashMap::with_max_entri
 static SYSCALL_STATS: HashMap<SyscallKey, SyscallStats> =
     HashMap::with_max_entries(65536, BPF_F_NO_PREALLOC);
 
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn syscalls_enter(ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "sys_enter")]
+pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(struct pt_regs *regs, long id)
-    on_enter(ctx.arg::<i64>(1));
+    let h = hooks();
+    let nr = ctx.arg::<i64>(1);
+    if h & HOOK_SYSCALLS != 0 {
+        on_enter(nr);
+    }
+    if h & HOOK_HTTP != 0 {
+        http::on_enter(ctx.arg::<*const u8>(0) as u64, nr);
+    }
     0
 }
 
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn syscalls_exit(ctx: RawTracePointContext) -> i32 {
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(struct pt_regs *regs, long ret)
-    on_exit(ctx.arg::<i64>(1));
+    let h = hooks();
+    let ret = ctx.arg::<i64>(1);
+    if h & HOOK_SYSCALLS != 0 {
+        on_exit(ret);
+    }
+    if h & HOOK_HTTP != 0 {
+        http::on_exit(ctx.arg::<*const u8>(0) as u64, ret);
+    }
     0
 }
 

@@ -24,7 +24,7 @@ use crate::{
         SyscallAggregator,
         tcp::{PeerNaming, TcpAggregator},
     },
-    config::Config,
+    config::{Config, SyscallHook},
     probes::{self, Loaded, ProbeError, ProbeState, http, process, syscalls, tcp},
     telemetry::{MapLabels, ProbeKindLabels, ProbeLabels, Published, SnapshotCollector, Telemetry},
     workload::{ProcessTable, TableStats, Workload, listeners, procfs},
@@ -116,6 +116,9 @@ impl Agent {
                 cfg.http.response_capture_bytes,
             )
         });
+        let raw_syscalls = cfg.syscalls.enabled && cfg.syscalls.hook == SyscallHook::RawTracepoint;
+        let http_ok = matches!(http_config, Some(Ok(_)));
+        let hooks = u32::from(raw_syscalls) | (u32::from(http_ok) << 1);
         let mut loaded = probes::load(&probes::LoadOptions {
             agent_tgid: own_tgid,
             syscall_stats_entries: cfg.syscalls.max_map_entries,
@@ -126,8 +129,15 @@ impl Agent {
             tcp_ringbuf_bytes: cfg.tcp.ringbuf_bytes,
             http_config: http_config.as_ref().and_then(|r| r.as_ref().ok()).copied(),
             http_ringbuf_bytes: cfg.http.ringbuf_bytes,
+            syscall_hooks: hooks,
         })?;
         let mut probes = Vec::new();
+        // One pair of sys_enter/sys_exit programs serves both syscall-hooking probes.
+        let shared = if hooks != 0 {
+            syscalls::attach_shared_hooks(&mut loaded.ebpf).map_err(|e| e.to_string())
+        } else {
+            Ok(())
+        };
 
         // Process events first: workload identity should be current before syscalls count.
         let process_events = if cfg.process.enabled {
@@ -145,7 +155,7 @@ impl Agent {
             report(
                 &mut probes,
                 syscalls::NAME,
-                syscalls::attach(&mut loaded.ebpf, cfg.syscalls.hook),
+                syscalls::attach(&mut loaded.ebpf, cfg.syscalls.hook, &shared),
             )
         } else {
             probes.push((syscalls::NAME, ProbeState::Disabled));
@@ -180,7 +190,7 @@ impl Agent {
             }
             Some(c) => {
                 let attached = c
-                    .and_then(|_| http::attach(&mut loaded.ebpf))
+                    .and_then(|_| http::attach(&mut loaded.ebpf, &shared))
                     .and_then(|ring| {
                         // SAFETY: the RingBuf owns its fd, open as long as the AsyncFd.
                         unsafe { AsyncFd::register(ring) }

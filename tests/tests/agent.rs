@@ -11,18 +11,29 @@ use std::{
 use tenantscope_tests::{Agent, agent_bin, free_port, http_get, privileged};
 
 /// Names the kernel shows for the agent's programs and maps (truncated to 15 chars).
-const PROGRAMS: [&str; 5] = [
-    "syscalls_enter",
-    "syscalls_exit",
+const PROGRAMS: [&str; 9] = [
+    "sys_enter",
+    "sys_exit",
     "process_fork",
     "process_exec",
     "process_exit",
+    "tcp_state",
+    "tcp_retransmit",
+    "tcp_reset_tx",
+    "tcp_reset_rx",
 ];
-const MAPS: [&str; 5] = [
+const MAPS: [&str; 12] = [
     "SYSCALL_STATS",
     "SYSCALL_START",
     "KERNEL_COUNTERS",
     "PROCESS_EVENTS",
+    "TCP_CONNS",
+    "TCP_STATS",
+    "TCP_EVENTS",
+    "HTTP_SOCKS",
+    "HTTP_STASH",
+    "HTTP_PENDING",
+    "HTTP_EVENTS",
     ".rodata",
 ];
 

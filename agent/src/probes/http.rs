@@ -16,11 +16,16 @@ pub use crate::http::pairing::Role;
 
 pub const NAME: &str = "http";
 
-/// The syscall-argument registers of this architecture in `struct pt_regs`.
+/// The syscall-argument registers of this architecture in `struct pt_regs`, and the one that
+/// keeps the syscall number until exit.
 #[cfg(target_arch = "x86_64")]
 const ARG_REGS: [&str; 3] = ["di", "si", "dx"];
+#[cfg(target_arch = "x86_64")]
+const NR_REG: &str = "orig_ax";
 #[cfg(target_arch = "aarch64")]
 const ARG_REGS: [&str; 3] = ["regs", "regs", "regs"];
+#[cfg(target_arch = "aarch64")]
+const NR_REG: &str = "syscallno";
 
 /// Builds the kernel configuration: this architecture's syscall numbers, the argument registers'
 /// offsets from BTF, and the capture windows (clamped to the kernel's buffers).
@@ -38,6 +43,10 @@ pub fn resolve_config(req_capture: usize, resp_capture: usize) -> Result<HttpCon
             m.offset
         };
     }
+    let nr_reg = btf
+        .member("pt_regs", &[NR_REG])
+        .map_err(|e| ProbeError::Btf(e.to_string()))?
+        .offset;
     let nr = |s: Sysno| s as u32;
     // Architectures without plain accept (aarch64) reuse accept4's number: harmless.
     #[cfg(target_arch = "x86_64")]
@@ -60,23 +69,20 @@ pub fn resolve_config(req_capture: usize, resp_capture: usize) -> Result<HttpCon
         arg0: arg[0],
         arg1: arg[1],
         arg2: arg[2],
+        nr_reg,
         req_capture: req_capture.min(REQ_WINDOW) as u32,
         resp_capture: resp_capture.min(RESP_WINDOW) as u32,
         valid: 1,
     })
 }
 
-/// Attaches exit before enter (an exit without its entry finds nothing pending); returns the
-/// record ring.
-pub fn attach(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>, ProbeError> {
-    let btf = aya::Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
-    super::attach_btf_tracepoint(ebpf, &btf, "http_sys_exit", "sys_exit")?;
-    if let Err(e) = super::attach_btf_tracepoint(ebpf, &btf, "http_sys_enter", "sys_enter") {
-        if let Some(aya::programs::Program::BtfTracePoint(p)) = ebpf.program_mut("http_sys_exit") {
-            let _ = p.unload();
-        }
-        return Err(e);
-    }
+/// The probe's programs are the shared `sys_enter`/`sys_exit` pair (see
+/// `syscalls::attach_shared_hooks`); `shared` is their outcome. Returns the record ring.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    shared: &Result<(), String>,
+) -> Result<RingBuf<MapData>, ProbeError> {
+    shared.clone().map_err(ProbeError::SharedHooks)?;
     take_map(ebpf, "HTTP_EVENTS")
 }
 

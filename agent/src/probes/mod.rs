@@ -56,6 +56,8 @@ pub enum ProbeError {
     },
     #[error("kernel BTF (/sys/kernel/btf/vmlinux, needs CONFIG_DEBUG_INFO_BTF): {0}")]
     Btf(String),
+    #[error("the shared sys_enter/sys_exit programs failed to attach: {0}")]
+    SharedHooks(String),
     #[error("configuration: {0}")]
     Config(String),
     #[error("cannot poll the ring buffer: {0}")]
@@ -100,6 +102,8 @@ pub struct LoadOptions {
     /// programs inert.
     pub http_config: Option<tenantscope_agent_common::http::HttpConfig>,
     pub http_ringbuf_bytes: u32,
+    /// Probes served by the shared `sys_enter`/`sys_exit` programs: bit 0 syscalls, bit 1 http.
+    pub syscall_hooks: u32,
 }
 
 /// The loaded object and the failure counters shared by all probes.
@@ -117,6 +121,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ProbeError> {
         .override_global("AGENT_TGID", &opts.agent_tgid, true)
         .override_global("TCP_OFFSETS", &tcp_offsets, true)
         .override_global("HTTP_CONFIG", &opts.http_config.unwrap_or_default(), true)
+        .override_global("SYSCALL_HOOKS", &opts.syscall_hooks, true)
         .map_max_entries("HTTP_EVENTS", opts.http_ringbuf_bytes)
         .map_max_entries("SYSCALL_STATS", opts.syscall_stats_entries)
         .map_max_entries("PROCESS_EVENTS", opts.process_ringbuf_bytes)

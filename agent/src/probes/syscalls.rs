@@ -3,7 +3,6 @@
 use aya::{
     Ebpf,
     maps::{HashMap, MapData},
-    programs::RawTracePoint,
 };
 use tenantscope_agent_common::syscalls::{SyscallKey, SyscallStats};
 
@@ -17,22 +16,27 @@ pub struct SyscallsProbe {
     stats: HashMap<MapData, SyscallKey, SyscallStats>,
 }
 
-/// Attaches exit before enter: an exit without an entry is only counted as unpaired, while an
-/// entry hook without its exit would fill `SYSCALL_START` for nothing.
-pub fn attach(ebpf: &mut Ebpf, hook: SyscallHook) -> Result<SyscallsProbe, ProbeError> {
+/// Attaches the probe. With the (default) raw-tracepoint hook the programs are the shared
+/// `sys_enter`/`sys_exit` pair, attached once for every probe by [`attach_shared_hooks`]:
+/// `shared` is its outcome. The classic-tracepoint hook has programs of its own.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    hook: SyscallHook,
+    shared: &Result<(), String>,
+) -> Result<SyscallsProbe, ProbeError> {
     match hook {
-        SyscallHook::RawTracepoint => {
-            attach_raw(ebpf, "syscalls_exit", "sys_exit")?;
-            if let Err(e) = attach_raw(ebpf, "syscalls_enter", "sys_enter") {
-                unload(ebpf, "syscalls_exit");
-                return Err(e);
-            }
-        }
+        SyscallHook::RawTracepoint => shared.clone().map_err(ProbeError::SharedHooks)?,
         SyscallHook::Tracepoint => {
             super::tracefs()?;
+            // Exit before enter: an exit without its entry is only counted as unpaired, while
+            // an entry without its exit would fill `SYSCALL_START` for nothing.
             attach_tp(ebpf, "syscalls_exit_tp", "sys_exit")?;
             if let Err(e) = attach_tp(ebpf, "syscalls_enter_tp", "sys_enter") {
-                unload(ebpf, "syscalls_exit_tp");
+                if let Some(aya::programs::Program::TracePoint(p)) =
+                    ebpf.program_mut("syscalls_exit_tp")
+                {
+                    let _ = p.unload();
+                }
                 return Err(e);
             }
         }
@@ -42,37 +46,23 @@ pub fn attach(ebpf: &mut Ebpf, hook: SyscallHook) -> Result<SyscallsProbe, Probe
     })
 }
 
-fn attach_raw(ebpf: &mut Ebpf, program: &'static str, tp: &str) -> Result<(), ProbeError> {
-    let p: &mut RawTracePoint = ebpf
-        .program_mut(program)
-        .ok_or(ProbeError::MissingProgram(program))?
-        .try_into()
-        .map_err(|source| ProbeError::ProgramLoad { program, source })?;
-    p.load()
-        .map_err(|source| ProbeError::ProgramLoad { program, source })?;
-    p.attach(tp).map_err(|source| ProbeError::Attach {
-        program,
-        target: format!("raw_tp/{tp}"),
-        source,
-    })?;
+/// Attaches the `sys_enter`/`sys_exit` programs shared by the `syscalls` (raw-tracepoint hook)
+/// and `http` probes; which probes they serve was fixed at load (`SYSCALL_HOOKS`). Exit first,
+/// for the reason given in [`attach`].
+pub fn attach_shared_hooks(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    let btf = aya::Btf::from_sys_fs().map_err(|e| ProbeError::Btf(e.to_string()))?;
+    super::attach_btf_tracepoint(ebpf, &btf, "sys_exit", "sys_exit")?;
+    if let Err(e) = super::attach_btf_tracepoint(ebpf, &btf, "sys_enter", "sys_enter") {
+        if let Some(aya::programs::Program::BtfTracePoint(p)) = ebpf.program_mut("sys_exit") {
+            let _ = p.unload();
+        }
+        return Err(e);
+    }
     Ok(())
 }
 
 fn attach_tp(ebpf: &mut Ebpf, program: &'static str, name: &str) -> Result<(), ProbeError> {
     super::attach_tracepoint(ebpf, program, "raw_syscalls", name)
-}
-
-/// Detaches and unloads a program attached earlier, when its partner failed to attach.
-fn unload(ebpf: &mut Ebpf, program: &str) {
-    match ebpf.program_mut(program) {
-        Some(aya::programs::Program::RawTracePoint(p)) => {
-            let _ = p.unload();
-        }
-        Some(aya::programs::Program::TracePoint(p)) => {
-            let _ = p.unload();
-        }
-        _ => {}
-    }
 }
 
 impl SyscallsProbe {
