@@ -79,29 +79,6 @@ pub struct Cli {
     )]
     pub disable_probes: Vec<Probe>,
 
-    /// OTLP endpoint for spans, e.g. http://collector:4317 (grpc) or http://collector:4318
-    /// (http/protobuf, where /v1/traces is appended) [file: otlp.endpoint]
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
-    pub otlp_endpoint: Option<String>,
-
-    /// OTLP transport for spans [file: otlp.protocol]
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", value_name = "PROTOCOL")]
-    pub otlp_protocol: Option<OtlpProtocol>,
-
-    /// Extra OTLP request headers, "key=value" pairs separated by commas (values
-    /// percent-encoded), merged over the file's, e.g. "authorization=Bearer%20x"
-    /// [file: otlp.headers]
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_HEADERS", value_name = "K=V,...")]
-    pub otlp_headers: Option<String>,
-
-    /// Span sampler [file: otlp.sampler]
-    #[arg(long, env = "OTEL_TRACES_SAMPLER", value_name = "SAMPLER")]
-    pub traces_sampler: Option<TracesSampler>,
-
-    /// Share of new traces sampled by the *traceidratio samplers, 0 to 1 [file: otlp.sampler_arg]
-    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG", value_name = "RATIO")]
-    pub traces_sampler_arg: Option<f64>,
-
     /// Load and validate the configuration, print the effective config as TOML, and exit: 0 if
     /// it is valid, 2 (with the error) if not
     #[arg(long)]
@@ -120,9 +97,6 @@ Examples:
     tenantscope-agent --disable-probe process,tcp --syscall-hook tracepoint
   The same through the environment (e.g. in a DaemonSet):
     TENANTSCOPE_DISABLE_PROBES=process,tcp TENANTSCOPE_SYSCALL_HOOK=tracepoint tenantscope-agent
-  Send 10% of new traces to a collector over OTLP/HTTP (the OpenTelemetry variables work too):
-    OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf OTEL_EXPORTER_OTLP_ENDPOINT=http://otel:4318 \\
-    OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.1 tenantscope-agent
 
 Precedence: flag > environment variable > config file > built-in default.";
 
@@ -158,8 +132,6 @@ pub struct Config {
     pub tcp: TcpConfig,
     /// The HTTP probe: request heads captured from socket syscalls.
     pub http: HttpConfig,
-    /// Spans of the captured HTTP requests, exported over OTLP.
-    pub otlp: OtlpConfig,
     /// Limits on the workload label, which bound the number of exported series.
     pub workloads: WorkloadsConfig,
 }
@@ -558,29 +530,6 @@ impl Config {
         if let Some(interval) = cli.read_interval {
             self.syscalls.read_interval = interval;
         }
-        if let Some(endpoint) = &cli.otlp_endpoint {
-            self.otlp.endpoint.clone_from(endpoint);
-        }
-        if let Some(protocol) = cli.otlp_protocol {
-            self.otlp.protocol = protocol;
-        }
-        if let Some(headers) = &cli.otlp_headers {
-            let pairs =
-                crate::spans::parse_otel_pairs(headers).map_err(|reason| ConfigError::Override {
-                    flag: "--otlp-headers",
-                    env: "OTEL_EXPORTER_OTLP_HEADERS",
-                    value: headers.clone(),
-                    reason,
-                })?;
-            // Merged per key over the file's [otlp.headers].
-            self.otlp.headers.extend(pairs);
-        }
-        if let Some(sampler) = cli.traces_sampler {
-            self.otlp.sampler = sampler;
-        }
-        if let Some(ratio) = cli.traces_sampler_arg {
-            self.otlp.sampler_arg = ratio;
-        }
         for probe in &cli.disable_probes {
             match probe {
                 Probe::Syscalls => self.syscalls.enabled = false,
@@ -660,7 +609,6 @@ impl Config {
             .tenant
             .validate()
             .map_err(|e| invalid("http.tenant", e))?;
-        self.otlp.validate()?;
         check_range("workloads.max", self.workloads.max, MAX_WORKLOADS)?;
         check_duration("workloads.idle_ttl", self.workloads.idle_ttl, IDLE_TTL)?;
         Ok(())
@@ -768,232 +716,6 @@ impl Default for HttpConfig {
     }
 }
 
-const OTLP_TIMEOUT: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(60));
-const OTLP_QUEUE_SIZE: (usize, usize) = (64, 1_048_576);
-const OTLP_BATCH_SIZE: (usize, usize) = (1, 65_536);
-const OTLP_BATCH_TIMEOUT: (Duration, Duration) =
-    (Duration::from_millis(10), Duration::from_secs(60));
-const OTLP_CLIENT_PARENT_WAIT: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(60));
-const OTLP_MAX_PENDING_CLIENT_SPANS: (usize, usize) = (0, 1_000_000);
-const OTLP_MAX_HEADERS: usize = 64;
-
-/// `[otlp]`: one OpenTelemetry span per captured HTTP request, exported over OTLP. The
-/// `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_EXPORTER_OTLP_HEADERS`,
-/// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` variables override the file (flags override
-/// them); `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` are read when the exporter starts.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OtlpConfig {
-    /// Whether spans are assembled and exported. Default `true`.
-    pub enabled: bool,
-    /// Transport: `grpc` or `http/protobuf`. Default `grpc`.
-    pub protocol: OtlpProtocol,
-    /// Collector URL, `http://` only (no TLS yet). For `http/protobuf` it is the base URL, to
-    /// which `/v1/traces` is appended, as with `OTEL_EXPORTER_OTLP_ENDPOINT`. Empty: the
-    /// protocol's default, `http://127.0.0.1:4317` (grpc) or `http://127.0.0.1:4318`
-    /// (http/protobuf). Default `""`.
-    pub endpoint: String,
-    /// Deadline of one export request, retries included (two, with backoff). 100ms to 1m.
-    /// Default `10s`.
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Spans waiting for export; when full, new spans are dropped and counted. 64 to 1048576.
-    /// Default `4096`.
-    pub queue_size: usize,
-    /// Most spans per export request. 1 to 65536, and at most `queue_size`. Default `512`.
-    pub batch_size: usize,
-    /// Longest a span waits for its batch to fill before the batch is sent. 10ms to 1m.
-    /// Default `1s`.
-    #[serde(with = "humantime_serde")]
-    pub batch_timeout: Duration,
-    /// Which spans are kept: `always_on`, `always_off`, `traceidratio`, `parentbased_always_on`,
-    /// `parentbased_always_off` or `parentbased_traceidratio` (the `OTEL_TRACES_SAMPLER` values).
-    /// Parent-based samplers follow the sampled flag of a request's valid `traceparent`.
-    /// Default `parentbased_traceidratio`.
-    pub sampler: TracesSampler,
-    /// Share of new traces the `*traceidratio` samplers keep, 0 to 1, decided from the trace id.
-    /// Default `1.0`.
-    pub sampler_arg: f64,
-    /// How long an outgoing request's span waits, after its response began, for the incoming
-    /// request it was made for (same thread, enclosing in time) to become its parent; after that
-    /// it is exported as a root span (counted). 0s to 1m; 0s turns the matching off.
-    /// Default `2s`.
-    #[serde(with = "humantime_serde")]
-    pub client_parent_wait: Duration,
-    /// Outgoing requests' spans waiting for a parent; beyond it they are exported at once as
-    /// root spans (counted). 0 to 1000000. Default `4096`.
-    pub max_pending_client_spans: usize,
-    /// Extra headers sent with every export request (e.g. an authorization token). Valid HTTP
-    /// header names and values, at most 64. `OTEL_EXPORTER_OTLP_HEADERS` is merged over them.
-    /// Default none.
-    pub headers: std::collections::BTreeMap<String, String>,
-}
-
-impl Default for OtlpConfig {
-    fn default() -> Self {
-        Self {
-            // Traces are half of the product; without a collector the drops are only counted.
-            enabled: true,
-            // The OpenTelemetry SDKs' default transport.
-            protocol: OtlpProtocol::Grpc,
-            // A collector on the node (hostPort or a node-local agent).
-            endpoint: String::new(),
-            // The OTLP exporter specification's default.
-            timeout: Duration::from_secs(10),
-            // A few seconds of a busy node's requests while the collector is slow.
-            queue_size: 4096,
-            // The OpenTelemetry batch span processor's defaults.
-            batch_size: 512,
-            batch_timeout: Duration::from_secs(1),
-            // Honour the caller's decision; keep every new trace until told otherwise.
-            sampler: TracesSampler::ParentbasedTraceidratio,
-            sampler_arg: 1.0,
-            // Longer than the slack between a downstream call's end and the response of the
-            // request it served, in most services.
-            client_parent_wait: Duration::from_secs(2),
-            // About 1 KiB each: a few MiB at most.
-            max_pending_client_spans: 4096,
-            headers: Default::default(),
-        }
-    }
-}
-
-impl OtlpConfig {
-    /// `endpoint`, or the protocol's default when it is empty.
-    pub fn effective_endpoint(&self) -> &str {
-        match (self.endpoint.as_str(), self.protocol) {
-            ("", OtlpProtocol::Grpc) => "http://127.0.0.1:4317",
-            ("", OtlpProtocol::HttpProtobuf) => "http://127.0.0.1:4318",
-            (endpoint, _) => endpoint,
-        }
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        if !self.endpoint.is_empty() {
-            check_endpoint(&self.endpoint).map_err(|reason| invalid("otlp.endpoint", reason))?;
-        }
-        check_duration("otlp.timeout", self.timeout, OTLP_TIMEOUT)?;
-        check_range("otlp.queue_size", self.queue_size, OTLP_QUEUE_SIZE)?;
-        check_range("otlp.batch_size", self.batch_size, OTLP_BATCH_SIZE)?;
-        if self.batch_size > self.queue_size {
-            return Err(invalid(
-                "otlp.batch_size",
-                format!(
-                    "must be at most otlp.queue_size ({}), got {}",
-                    self.queue_size, self.batch_size
-                ),
-            ));
-        }
-        check_duration("otlp.batch_timeout", self.batch_timeout, OTLP_BATCH_TIMEOUT)?;
-        // `contains` is false for NaN as well.
-        if !(0.0..=1.0).contains(&self.sampler_arg) {
-            return Err(invalid(
-                "otlp.sampler_arg",
-                format!("must be between 0 and 1, got {}", self.sampler_arg),
-            ));
-        }
-        check_duration(
-            "otlp.client_parent_wait",
-            self.client_parent_wait,
-            OTLP_CLIENT_PARENT_WAIT,
-        )?;
-        check_range(
-            "otlp.max_pending_client_spans",
-            self.max_pending_client_spans,
-            OTLP_MAX_PENDING_CLIENT_SPANS,
-        )?;
-        if self.headers.len() > OTLP_MAX_HEADERS {
-            return Err(invalid(
-                "otlp.headers",
-                format!(
-                    "must have at most {OTLP_MAX_HEADERS} entries, got {}",
-                    self.headers.len()
-                ),
-            ));
-        }
-        for (name, value) in &self.headers {
-            if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(invalid(
-                    "otlp.headers",
-                    format!("has an invalid header name {name:?}"),
-                ));
-            }
-            if axum::http::HeaderValue::from_str(value).is_err() {
-                return Err(invalid(
-                    "otlp.headers",
-                    format!("has an invalid value for {name:?} (control characters?)"),
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Why `endpoint` cannot be an OTLP collector URL, if it cannot.
-fn check_endpoint(endpoint: &str) -> Result<(), String> {
-    let uri: axum::http::Uri = endpoint
-        .parse()
-        .map_err(|e| format!("must be a URL such as http://127.0.0.1:4317, got {endpoint:?}: {e}"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "must use http://: TLS is not supported yet (use a node-local collector), got \
-                 {endpoint:?}"
-            ));
-        }
-        _ => {
-            return Err(format!(
-                "must start with http://, e.g. http://127.0.0.1:4317, got {endpoint:?}"
-            ));
-        }
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(format!("must name a host, got {endpoint:?}"));
-    }
-    if uri.query().is_some() {
-        return Err(format!("must not have a query string, got {endpoint:?}"));
-    }
-    Ok(())
-}
-
-/// OTLP transport, named as in `OTEL_EXPORTER_OTLP_PROTOCOL`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
-pub enum OtlpProtocol {
-    /// OTLP/gRPC (default port 4317)
-    #[serde(rename = "grpc")]
-    #[value(name = "grpc")]
-    Grpc,
-    /// OTLP/HTTP with protobuf bodies (default port 4318)
-    #[serde(rename = "http/protobuf")]
-    #[value(name = "http/protobuf")]
-    HttpProtobuf,
-}
-
-/// Span sampler, named as in `OTEL_TRACES_SAMPLER`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum TracesSampler {
-    /// Keep every span
-    #[value(name = "always_on")]
-    AlwaysOn,
-    /// Keep none
-    #[value(name = "always_off")]
-    AlwaysOff,
-    /// Keep the share otlp.sampler_arg of traces, by trace id, ignoring the caller's flag
-    #[value(name = "traceidratio")]
-    Traceidratio,
-    /// Follow the caller's sampled flag; keep every new trace
-    #[value(name = "parentbased_always_on")]
-    ParentbasedAlwaysOn,
-    /// Follow the caller's sampled flag; keep no new trace
-    #[value(name = "parentbased_always_off")]
-    ParentbasedAlwaysOff,
-    /// Follow the caller's sampled flag; keep the share otlp.sampler_arg of new traces
-    #[value(name = "parentbased_traceidratio")]
-    ParentbasedTraceidratio,
-}
-
 /// A BPF ring buffer's size, as the kernel requires it: a power of two and a multiple of the page.
 fn check_ringbuf_bytes(field: &'static str, bytes: u32) -> Result<(), ConfigError> {
     check_range(field, bytes, RINGBUF_BYTES)?;
@@ -1097,21 +819,6 @@ fn blame_override(error: ConfigError, cli: &Cli) -> ConfigError {
         "syscalls.read_interval" => cli.read_interval.map(|v| {
             let v = humantime::format_duration(v).to_string();
             ("--read-interval", "TENANTSCOPE_READ_INTERVAL", v)
-        }),
-        "otlp.endpoint" => cli
-            .otlp_endpoint
-            .clone()
-            .map(|v| ("--otlp-endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT", v)),
-        "otlp.headers" => cli
-            .otlp_headers
-            .clone()
-            .map(|v| ("--otlp-headers", "OTEL_EXPORTER_OTLP_HEADERS", v)),
-        "otlp.sampler_arg" => cli.traces_sampler_arg.map(|v| {
-            (
-                "--traces-sampler-arg",
-                "OTEL_TRACES_SAMPLER_ARG",
-                v.to_string(),
-            )
         }),
         _ => None,
     };
