@@ -79,6 +79,29 @@ pub struct Cli {
     )]
     pub disable_probes: Vec<Probe>,
 
+    /// OTLP endpoint for spans, e.g. http://collector:4317 (grpc) or http://collector:4318
+    /// (http/protobuf, where /v1/traces is appended) [file: otlp.endpoint]
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// OTLP transport for spans [file: otlp.protocol]
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<OtlpProtocol>,
+
+    /// Extra OTLP request headers, "key=value" pairs separated by commas (values
+    /// percent-encoded), merged over the file's, e.g. "authorization=Bearer%20x"
+    /// [file: otlp.headers]
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_HEADERS", value_name = "K=V,...")]
+    pub otlp_headers: Option<String>,
+
+    /// Span sampler [file: otlp.sampler]
+    #[arg(long, env = "OTEL_TRACES_SAMPLER", value_name = "SAMPLER")]
+    pub traces_sampler: Option<TracesSampler>,
+
+    /// Share of new traces sampled by the *traceidratio samplers, 0 to 1 [file: otlp.sampler_arg]
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG", value_name = "RATIO")]
+    pub traces_sampler_arg: Option<f64>,
+
     /// Load and validate the configuration, print the effective config as TOML, and exit: 0 if
     /// it is valid, 2 (with the error) if not
     #[arg(long)]
@@ -97,6 +120,9 @@ Examples:
     tenantscope-agent --disable-probe process,tcp --syscall-hook tracepoint
   The same through the environment (e.g. in a DaemonSet):
     TENANTSCOPE_DISABLE_PROBES=process,tcp TENANTSCOPE_SYSCALL_HOOK=tracepoint tenantscope-agent
+  Send 10% of new traces to a collector over OTLP/HTTP (the OpenTelemetry variables work too):
+    OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf OTEL_EXPORTER_OTLP_ENDPOINT=http://otel:4318 \\
+    OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.1 tenantscope-agent
 
 Precedence: flag > environment variable > config file > built-in default.";
 
@@ -132,6 +158,8 @@ pub struct Config {
     pub tcp: TcpConfig,
     /// The HTTP probe: request heads captured from socket syscalls.
     pub http: HttpConfig,
+    /// Spans of the captured HTTP requests, exported over OTLP.
+    pub otlp: OtlpConfig,
     /// Limits on the workload label, which bound the number of exported series.
     pub workloads: WorkloadsConfig,
 }
@@ -530,6 +558,30 @@ impl Config {
         if let Some(interval) = cli.read_interval {
             self.syscalls.read_interval = interval;
         }
+        if let Some(endpoint) = &cli.otlp_endpoint {
+            self.otlp.endpoint.clone_from(endpoint);
+        }
+        if let Some(protocol) = cli.otlp_protocol {
+            self.otlp.protocol = protocol;
+        }
+        if let Some(headers) = &cli.otlp_headers {
+            let pairs = crate::spans::parse_otel_pairs(headers).map_err(|reason| {
+                ConfigError::Override {
+                    flag: "--otlp-headers",
+                    env: "OTEL_EXPORTER_OTLP_HEADERS",
+                    value: headers.clone(),
+                    reason,
+                }
+            })?;
+            // Merged per key over the file's [otlp.headers].
+            self.otlp.headers.extend(pairs);
+        }
+        if let Some(sampler) = cli.traces_sampler {
+            self.otlp.sampler = sampler;
+        }
+        if let Some(ratio) = cli.traces_sampler_arg {
+            self.otlp.sampler_arg = ratio;
+        }
         for probe in &cli.disable_probes {
             match probe {
                 Probe::Syscalls => self.syscalls.enabled = false,
@@ -609,6 +661,7 @@ impl Config {
             .tenant
             .validate()
             .map_err(|e| invalid("http.tenant", e))?;
+        self.otlp.validate()?;
         check_range("workloads.max", self.workloads.max, MAX_WORKLOADS)?;
         check_duration("workloads.idle_ttl", self.workloads.idle_ttl, IDLE_TTL)?;
         Ok(())
@@ -716,6 +769,232 @@ impl Default for HttpConfig {
     }
 }
 
+const OTLP_TIMEOUT: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(60));
+const OTLP_QUEUE_SIZE: (usize, usize) = (64, 1_048_576);
+const OTLP_BATCH_SIZE: (usize, usize) = (1, 65_536);
+const OTLP_BATCH_TIMEOUT: (Duration, Duration) =
+    (Duration::from_millis(10), Duration::from_secs(60));
+const OTLP_CLIENT_PARENT_WAIT: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(60));
+const OTLP_MAX_PENDING_CLIENT_SPANS: (usize, usize) = (0, 1_000_000);
+const OTLP_MAX_HEADERS: usize = 64;
+
+/// `[otlp]`: one OpenTelemetry span per captured HTTP request, exported over OTLP. The
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_EXPORTER_OTLP_HEADERS`,
+/// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` variables override the file (flags override
+/// them); `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` are read when the exporter starts.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    /// Whether spans are assembled and exported. Default `true`.
+    pub enabled: bool,
+    /// Transport: `grpc` or `http/protobuf`. Default `grpc`.
+    pub protocol: OtlpProtocol,
+    /// Collector URL, `http://` only (no TLS yet). For `http/protobuf` it is the base URL, to
+    /// which `/v1/traces` is appended, as with `OTEL_EXPORTER_OTLP_ENDPOINT`. Empty: the
+    /// protocol's default, `http://127.0.0.1:4317` (grpc) or `http://127.0.0.1:4318`
+    /// (http/protobuf). Default `""`.
+    pub endpoint: String,
+    /// Deadline of one export request, retries included (two, with backoff). 100ms to 1m.
+    /// Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Spans waiting for export; when full, new spans are dropped and counted. 64 to 1048576.
+    /// Default `4096`.
+    pub queue_size: usize,
+    /// Most spans per export request. 1 to 65536, and at most `queue_size`. Default `512`.
+    pub batch_size: usize,
+    /// Longest a span waits for its batch to fill before the batch is sent. 10ms to 1m.
+    /// Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub batch_timeout: Duration,
+    /// Which spans are kept: `always_on`, `always_off`, `traceidratio`, `parentbased_always_on`,
+    /// `parentbased_always_off` or `parentbased_traceidratio` (the `OTEL_TRACES_SAMPLER` values).
+    /// Parent-based samplers follow the sampled flag of a request's valid `traceparent`.
+    /// Default `parentbased_traceidratio`.
+    pub sampler: TracesSampler,
+    /// Share of new traces the `*traceidratio` samplers keep, 0 to 1, decided from the trace id.
+    /// Default `1.0`.
+    pub sampler_arg: f64,
+    /// How long an outgoing request's span waits, after its response began, for the incoming
+    /// request it was made for (same thread, enclosing in time) to become its parent; after that
+    /// it is exported as a root span (counted). 0s to 1m; 0s turns the matching off.
+    /// Default `2s`.
+    #[serde(with = "humantime_serde")]
+    pub client_parent_wait: Duration,
+    /// Outgoing requests' spans waiting for a parent; beyond it they are exported at once as
+    /// root spans (counted). 0 to 1000000. Default `4096`.
+    pub max_pending_client_spans: usize,
+    /// Extra headers sent with every export request (e.g. an authorization token). Valid HTTP
+    /// header names and values, at most 64. `OTEL_EXPORTER_OTLP_HEADERS` is merged over them.
+    /// Default none.
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        Self {
+            // Traces are half of the product; without a collector the drops are only counted.
+            enabled: true,
+            // The OpenTelemetry SDKs' default transport.
+            protocol: OtlpProtocol::Grpc,
+            // A collector on the node (hostPort or a node-local agent).
+            endpoint: String::new(),
+            // The OTLP exporter specification's default.
+            timeout: Duration::from_secs(10),
+            // A few seconds of a busy node's requests while the collector is slow.
+            queue_size: 4096,
+            // The OpenTelemetry batch span processor's defaults.
+            batch_size: 512,
+            batch_timeout: Duration::from_secs(1),
+            // Honour the caller's decision; keep every new trace until told otherwise.
+            sampler: TracesSampler::ParentbasedTraceidratio,
+            sampler_arg: 1.0,
+            // Longer than the slack between a downstream call's end and the response of the
+            // request it served, in most services.
+            client_parent_wait: Duration::from_secs(2),
+            // About 1 KiB each: a few MiB at most.
+            max_pending_client_spans: 4096,
+            headers: Default::default(),
+        }
+    }
+}
+
+impl OtlpConfig {
+    /// `endpoint`, or the protocol's default when it is empty.
+    pub fn effective_endpoint(&self) -> &str {
+        match (self.endpoint.as_str(), self.protocol) {
+            ("", OtlpProtocol::Grpc) => "http://127.0.0.1:4317",
+            ("", OtlpProtocol::HttpProtobuf) => "http://127.0.0.1:4318",
+            (endpoint, _) => endpoint,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.endpoint.is_empty() {
+            check_endpoint(&self.endpoint).map_err(|reason| invalid("otlp.endpoint", reason))?;
+        }
+        check_duration("otlp.timeout", self.timeout, OTLP_TIMEOUT)?;
+        check_range("otlp.queue_size", self.queue_size, OTLP_QUEUE_SIZE)?;
+        check_range("otlp.batch_size", self.batch_size, OTLP_BATCH_SIZE)?;
+        if self.batch_size > self.queue_size {
+            return Err(invalid(
+                "otlp.batch_size",
+                format!(
+                    "must be at most otlp.queue_size ({}), got {}",
+                    self.queue_size, self.batch_size
+                ),
+            ));
+        }
+        check_duration("otlp.batch_timeout", self.batch_timeout, OTLP_BATCH_TIMEOUT)?;
+        // `contains` is false for NaN as well.
+        if !(0.0..=1.0).contains(&self.sampler_arg) {
+            return Err(invalid(
+                "otlp.sampler_arg",
+                format!("must be between 0 and 1, got {}", self.sampler_arg),
+            ));
+        }
+        check_duration(
+            "otlp.client_parent_wait",
+            self.client_parent_wait,
+            OTLP_CLIENT_PARENT_WAIT,
+        )?;
+        check_range(
+            "otlp.max_pending_client_spans",
+            self.max_pending_client_spans,
+            OTLP_MAX_PENDING_CLIENT_SPANS,
+        )?;
+        if self.headers.len() > OTLP_MAX_HEADERS {
+            return Err(invalid(
+                "otlp.headers",
+                format!(
+                    "must have at most {OTLP_MAX_HEADERS} entries, got {}",
+                    self.headers.len()
+                ),
+            ));
+        }
+        for (name, value) in &self.headers {
+            if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(invalid(
+                    "otlp.headers",
+                    format!("must have valid HTTP header names, got {name:?}"),
+                ));
+            }
+            if axum::http::HeaderValue::from_str(value).is_err() {
+                return Err(invalid(
+                    "otlp.headers",
+                    format!("must have values without control characters, got one for {name:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why `endpoint` cannot be an OTLP collector URL, if it cannot.
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let uri: axum::http::Uri = endpoint.parse().map_err(|e| {
+        format!("must be a URL such as http://127.0.0.1:4317, got {endpoint:?}: {e}")
+    })?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "must use http://: TLS is not supported yet (use a node-local collector), got \
+                 {endpoint:?}"
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "must start with http://, e.g. http://127.0.0.1:4317, got {endpoint:?}"
+            ));
+        }
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("must name a host, got {endpoint:?}"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("must not have a query string, got {endpoint:?}"));
+    }
+    Ok(())
+}
+
+/// OTLP transport, named as in `OTEL_EXPORTER_OTLP_PROTOCOL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (default port 4317)
+    #[serde(rename = "grpc")]
+    #[value(name = "grpc")]
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (default port 4318)
+    #[serde(rename = "http/protobuf")]
+    #[value(name = "http/protobuf")]
+    HttpProtobuf,
+}
+
+/// Span sampler, named as in `OTEL_TRACES_SAMPLER`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum TracesSampler {
+    /// Keep every span
+    #[value(name = "always_on")]
+    AlwaysOn,
+    /// Keep none
+    #[value(name = "always_off")]
+    AlwaysOff,
+    /// Keep the share otlp.sampler_arg of traces, by trace id, ignoring the caller's flag
+    #[value(name = "traceidratio")]
+    Traceidratio,
+    /// Follow the caller's sampled flag; keep every new trace
+    #[value(name = "parentbased_always_on")]
+    ParentbasedAlwaysOn,
+    /// Follow the caller's sampled flag; keep no new trace
+    #[value(name = "parentbased_always_off")]
+    ParentbasedAlwaysOff,
+    /// Follow the caller's sampled flag; keep the share otlp.sampler_arg of new traces
+    #[value(name = "parentbased_traceidratio")]
+    ParentbasedTraceidratio,
+}
+
 /// A BPF ring buffer's size, as the kernel requires it: a power of two and a multiple of the page.
 fn check_ringbuf_bytes(field: &'static str, bytes: u32) -> Result<(), ConfigError> {
     check_range(field, bytes, RINGBUF_BYTES)?;
@@ -819,6 +1098,21 @@ fn blame_override(error: ConfigError, cli: &Cli) -> ConfigError {
         "syscalls.read_interval" => cli.read_interval.map(|v| {
             let v = humantime::format_duration(v).to_string();
             ("--read-interval", "TENANTSCOPE_READ_INTERVAL", v)
+        }),
+        "otlp.endpoint" => cli
+            .otlp_endpoint
+            .clone()
+            .map(|v| ("--otlp-endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT", v)),
+        "otlp.headers" => cli
+            .otlp_headers
+            .clone()
+            .map(|v| ("--otlp-headers", "OTEL_EXPORTER_OTLP_HEADERS", v)),
+        "otlp.sampler_arg" => cli.traces_sampler_arg.map(|v| {
+            (
+                "--traces-sampler-arg",
+                "OTEL_TRACES_SAMPLER_ARG",
+                v.to_string(),
+            )
         }),
         _ => None,
     };
@@ -1264,6 +1558,68 @@ mod tests {
                 "tcp.peers[2].ports",
                 with(|c| c.tcp.peers[2] = rule("db", &[5432, 0], &["10.0.0.0/8"])),
             ),
+            (
+                "otlp.endpoint",
+                with(|c| c.otlp.endpoint = "collector:4317".into()),
+            ),
+            (
+                "otlp.endpoint",
+                with(|c| c.otlp.endpoint = "https://collector:4317".into()),
+            ),
+            (
+                "otlp.endpoint",
+                with(|c| c.otlp.endpoint = "ftp://collector".into()),
+            ),
+            (
+                "otlp.endpoint",
+                with(|c| c.otlp.endpoint = "http://".into()),
+            ),
+            (
+                "otlp.endpoint",
+                with(|c| c.otlp.endpoint = "http://c:4318/?a=b".into()),
+            ),
+            (
+                "otlp.endpoint",
+                with(|c| c.otlp.endpoint = "http://bad host".into()),
+            ),
+            ("otlp.timeout", with(|c| c.otlp.timeout = ms(99))),
+            ("otlp.timeout", with(|c| c.otlp.timeout = s(61))),
+            ("otlp.queue_size", with(|c| c.otlp.queue_size = 63)),
+            ("otlp.queue_size", with(|c| c.otlp.queue_size = 1_048_577)),
+            ("otlp.batch_size", with(|c| c.otlp.batch_size = 0)),
+            ("otlp.batch_size", with(|c| c.otlp.batch_size = 65_537)),
+            ("otlp.batch_size", with(|c| c.otlp.batch_size = 4097)),
+            ("otlp.batch_timeout", with(|c| c.otlp.batch_timeout = ms(9))),
+            ("otlp.batch_timeout", with(|c| c.otlp.batch_timeout = s(61))),
+            ("otlp.sampler_arg", with(|c| c.otlp.sampler_arg = -0.1)),
+            ("otlp.sampler_arg", with(|c| c.otlp.sampler_arg = 1.5)),
+            ("otlp.sampler_arg", with(|c| c.otlp.sampler_arg = f64::NAN)),
+            (
+                "otlp.client_parent_wait",
+                with(|c| c.otlp.client_parent_wait = s(61)),
+            ),
+            (
+                "otlp.max_pending_client_spans",
+                with(|c| c.otlp.max_pending_client_spans = 1_000_001),
+            ),
+            (
+                "otlp.headers",
+                with(|c| {
+                    c.otlp.headers.insert("bad name".into(), "x".into());
+                }),
+            ),
+            (
+                "otlp.headers",
+                with(|c| {
+                    c.otlp.headers.insert("x-ok".into(), "a\nb".into());
+                }),
+            ),
+            (
+                "otlp.headers",
+                with(|c| {
+                    c.otlp.headers = (0..65).map(|i| (format!("x-{i}"), "v".into())).collect();
+                }),
+            ),
             ("workloads.max", with(|c| c.workloads.max = 0)),
             ("workloads.max", with(|c| c.workloads.max = 100_001)),
             ("workloads.idle_ttl", with(|c| c.workloads.idle_ttl = s(9))),
@@ -1338,6 +1694,109 @@ mod tests {
         config.workloads.idle_ttl = Duration::from_secs(25 * 3600);
         let message = config.validate().unwrap_err().to_string();
         assert!(message.contains("between 10s and 1day"), "{message}");
+    }
+
+    #[test]
+    fn otlp_defaults_and_bounds() {
+        let otlp = OtlpConfig::default();
+        assert!(otlp.enabled);
+        assert_eq!(otlp.protocol, OtlpProtocol::Grpc);
+        assert_eq!(otlp.effective_endpoint(), "http://127.0.0.1:4317");
+        assert_eq!(otlp.queue_size, 4096);
+        assert_eq!(otlp.batch_size, 512);
+        assert_eq!(otlp.batch_timeout, Duration::from_secs(1));
+        assert_eq!(otlp.timeout, Duration::from_secs(10));
+        assert_eq!(otlp.sampler, TracesSampler::ParentbasedTraceidratio);
+        assert_eq!(otlp.sampler_arg, 1.0);
+        let http = OtlpConfig {
+            protocol: OtlpProtocol::HttpProtobuf,
+            ..OtlpConfig::default()
+        };
+        assert_eq!(http.effective_endpoint(), "http://127.0.0.1:4318");
+        let edits: [fn(&mut OtlpConfig); 14] = [
+            |c| c.endpoint = "http://otel-collector.observability:4317".into(),
+            |c| c.endpoint = "http://[::1]:4318/base/".into(),
+            |c| c.timeout = Duration::from_millis(100),
+            |c| c.timeout = Duration::from_secs(60),
+            |c| {
+                c.queue_size = 64;
+                c.batch_size = 64;
+            },
+            |c| c.queue_size = 1_048_576,
+            |c| c.batch_size = 1,
+            |c| c.batch_size = 4096,
+            |c| c.batch_timeout = Duration::from_millis(10),
+            |c| c.sampler_arg = 0.0,
+            |c| c.client_parent_wait = Duration::ZERO,
+            |c| c.client_parent_wait = Duration::from_secs(60),
+            |c| c.max_pending_client_spans = 0,
+            |c| {
+                c.headers
+                    .insert("Authorization".into(), "Bearer abc".into());
+            },
+        ];
+        for edit in edits {
+            let mut config = Config::default();
+            edit(&mut config.otlp);
+            config
+                .validate()
+                .unwrap_or_else(|e| panic!("{:?}: {e}", config.otlp));
+        }
+    }
+
+    #[test]
+    fn otlp_spellings() {
+        let config = from_str(
+            "[otlp]\nprotocol = \"http/protobuf\"\nsampler = \"traceidratio\"\n\
+             sampler_arg = 0.25\nheaders = { authorization = \"Bearer x\" }\n",
+        );
+        assert_eq!(config.otlp.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(config.otlp.sampler, TracesSampler::Traceidratio);
+        assert_eq!(config.otlp.sampler_arg, 0.25);
+        assert_eq!(config.otlp.headers["authorization"], "Bearer x");
+        for name in [
+            "always_on",
+            "always_off",
+            "traceidratio",
+            "parentbased_always_on",
+            "parentbased_always_off",
+            "parentbased_traceidratio",
+        ] {
+            from_str(&format!("[otlp]\nsampler = \"{name}\"\n"));
+            parse(&["--traces-sampler", name]);
+        }
+        for (text, expect) in [
+            ("[otlp]\nprotocol = \"http/json\"\n", "http/json"),
+            ("[otlp]\nsampler = \"jaeger_remote\"\n", "jaeger_remote"),
+            ("[otlp]\nsampler_arg = \"half\"\n", "sampler_arg"),
+            ("[otlp]\nbatch_timeout = 5\n", "batch_timeout"),
+            ("[otlp]\nendpoints = \"x\"\n", "endpoints"),
+        ] {
+            let message = from_str_err(text);
+            assert!(message.contains(expect), "{text:?}: {message}");
+        }
+        let mut config = Config::default();
+        config
+            .apply_overrides(&parse(&[
+                "--otlp-protocol",
+                "http/protobuf",
+                "--otlp-endpoint",
+                "http://collector:4318",
+                "--otlp-headers",
+                "authorization=Bearer%20t, x-team=a ",
+                "--traces-sampler",
+                "always_off",
+                "--traces-sampler-arg",
+                "0.5",
+            ]))
+            .expect("valid overrides");
+        assert_eq!(config.otlp.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(config.otlp.endpoint, "http://collector:4318");
+        assert_eq!(config.otlp.headers["authorization"], "Bearer t");
+        assert_eq!(config.otlp.headers["x-team"], "a");
+        assert_eq!(config.otlp.sampler, TracesSampler::AlwaysOff);
+        assert_eq!(config.otlp.sampler_arg, 0.5);
+        config.validate().expect("valid");
     }
 
     #[test]
@@ -1533,6 +1992,12 @@ mod tests {
             (&["--log-format", "yaml"][..], "--log-format"),
             (&["--max-workloads", "lots"][..], "--max-workloads"),
             (&["--read-interval", "10 parsecs"][..], "--read-interval"),
+            (&["--otlp-protocol", "http/json"][..], "--otlp-protocol"),
+            (&["--traces-sampler", "xray"][..], "--traces-sampler"),
+            (
+                &["--traces-sampler-arg", "half"][..],
+                "--traces-sampler-arg",
+            ),
         ] {
             let message = parse_err(args);
             assert!(
@@ -1571,6 +2036,26 @@ mod tests {
                 "TENANTSCOPE_READ_INTERVAL",
             ),
             (&["--log-level", ""][..], "--log-level", "TENANTSCOPE_LOG"),
+            (
+                &["--otlp-endpoint", "https://collector:4317"][..],
+                "--otlp-endpoint",
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            ),
+            (
+                &["--otlp-headers", "authorization"][..],
+                "--otlp-headers",
+                "OTEL_EXPORTER_OTLP_HEADERS",
+            ),
+            (
+                &["--otlp-headers", "bad name=x"][..],
+                "--otlp-headers",
+                "OTEL_EXPORTER_OTLP_HEADERS",
+            ),
+            (
+                &["--traces-sampler-arg", "1.5"][..],
+                "--traces-sampler-arg",
+                "OTEL_TRACES_SAMPLER_ARG",
+            ),
         ] {
             let error = Config::load(&parse(args)).unwrap_err();
             match &error {
@@ -1614,6 +2099,11 @@ mod tests {
             ("syscall_hook", "TENANTSCOPE_SYSCALL_HOOK"),
             ("read_interval", "TENANTSCOPE_READ_INTERVAL"),
             ("disable_probes", "TENANTSCOPE_DISABLE_PROBES"),
+            ("otlp_endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+            ("otlp_protocol", "OTEL_EXPORTER_OTLP_PROTOCOL"),
+            ("otlp_headers", "OTEL_EXPORTER_OTLP_HEADERS"),
+            ("traces_sampler", "OTEL_TRACES_SAMPLER"),
+            ("traces_sampler_arg", "OTEL_TRACES_SAMPLER_ARG"),
         ] {
             assert_eq!(env_of(id).as_deref(), Some(env), "{id}");
         }
@@ -1630,6 +2120,8 @@ mod tests {
             "[log]\nlevel = \"warn\"\nformat = \"text\"\n\
              [syscalls]\nread_interval = \"20s\"\nhook = \"tracepoint\"\n\
              [process]\nrescan_interval = \"1m\"\n\
+             [otlp]\nendpoint = \"http://file:4317\"\nsampler_arg = 0.5\nbatch_size = 100\n\
+             headers = { authorization = \"file\", x-team = \"a\" }\n\
              [workloads]\nmax = 5\n",
         );
         let test = format!("{}::env_child", module_path!().split_once("::").unwrap().1);
@@ -1642,7 +2134,8 @@ mod tests {
             "--test-threads=1",
         ]);
         for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("TENANTSCOPE_") {
+            let name_text = name.to_string_lossy();
+            if name_text.starts_with("TENANTSCOPE_") || name_text.starts_with("OTEL_") {
                 child.env_remove(name);
             }
         }
@@ -1656,6 +2149,11 @@ mod tests {
             .env("TENANTSCOPE_SYSCALL_HOOK", "raw-tracepoint")
             .env("TENANTSCOPE_READ_INTERVAL", "30s")
             .env("TENANTSCOPE_DISABLE_PROBES", "syscalls,process,tcp")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+            .env("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20t")
+            .env("OTEL_TRACES_SAMPLER", "traceidratio")
+            .env("OTEL_TRACES_SAMPLER_ARG", "0.25")
             .output()
             .expect("the test binary should rerun");
         std::fs::remove_file(&path).ok();
@@ -1675,25 +2173,42 @@ mod tests {
             return;
         }
         // The config file comes from TENANTSCOPE_CONFIG; the flag beats TENANTSCOPE_MAX_WORKLOADS.
-        let cli = Cli::try_parse_from(["tenantscope-agent", "--max-workloads", "7"])
-            .unwrap_or_else(|e| panic!("{e}"));
+        let cli = Cli::try_parse_from([
+            "tenantscope-agent",
+            "--max-workloads",
+            "7",
+            "--traces-sampler-arg",
+            "0.1",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
         let config = Config::load(&cli).unwrap_or_else(|e| panic!("{e}"));
 
         let mut expected = Config::default();
         // Flag over env over file.
         expected.workloads.max = 7;
+        expected.otlp.sampler_arg = 0.1;
         // Env over file.
         expected.log.level = "debug".into();
         expected.log.format = LogFormat::Json;
         expected.syscalls.read_interval = Duration::from_secs(30);
         expected.syscalls.hook = SyscallHook::RawTracepoint;
+        expected.otlp.endpoint = "http://collector:4318".into();
+        // Merged per key: the variable's authorization, the file's x-team.
+        expected.otlp.headers = [
+            ("authorization".to_owned(), "Bearer t".to_owned()),
+            ("x-team".to_owned(), "a".to_owned()),
+        ]
+        .into();
         // Env over default.
+        expected.otlp.protocol = OtlpProtocol::HttpProtobuf;
+        expected.otlp.sampler = TracesSampler::Traceidratio;
         expected.server.listen = "127.0.0.1:19464".parse().expect("valid address");
         expected.syscalls.enabled = false;
         expected.process.enabled = false;
         expected.tcp.enabled = false;
         // File over default.
         expected.process.rescan_interval = Duration::from_secs(60);
+        expected.otlp.batch_size = 100;
         assert_eq!(config, expected);
     }
 

@@ -1,7 +1,12 @@
-//! From captured HTTP records to RED metrics: pairing, then tenant and route, then the
-//! OpenTelemetry-named duration histograms with one exemplar per bucket carrying the trace id,
-//! and WebSocket connections per tenant. Synchronous; the metric families are shared with the
-//! exposition (prometheus-client builds exemplars only through its own histogram type).
+//! From captured HTTP records to RED metrics and spans: pairing, then tenant and route, then one
+//! trace decision per exchange ([`crate::spans::decide`]) that both the span and the exemplar
+//! use, then the OpenTelemetry-named duration histograms with one exemplar per bucket carrying
+//! the trace id of a sampled span, the span itself (to a [`SpanSink`]), and WebSocket
+//! connections per tenant. Client exchanges wait (bounded) for the server exchange of their
+//! thread to become their parent, so their series and span appear up to
+//! `otlp.client_parent_wait` later (see [`crate::spans`] for the rule and its limits).
+//! Synchronous; the metric families are shared with the exposition (prometheus-client builds
+//! exemplars only through its own histogram type).
 
 use std::{
     collections::HashSet,
@@ -9,8 +14,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use opentelemetry::trace::TraceId;
-use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator};
+use opentelemetry::{InstrumentationScope, trace::SpanKind};
+use opentelemetry_sdk::trace::{RandomIdGenerator, Sampler};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{
@@ -19,12 +24,18 @@ use prometheus_client::{
     },
 };
 
-use crate::http::{
-    pairing::{Exchange, Output, Pairer, Role, UnpairedReason},
-    parse::HeaderSelection,
-    route::RouteTable,
-    tenant::{RequestView, TenantResolver},
-    trace,
+use crate::{
+    http::{
+        pairing::{Exchange, Output, Pairer, Role, UnpairedReason},
+        parse::HeaderSelection,
+        route::RouteTable,
+        tenant::{RequestView, TenantResolver},
+        trace,
+    },
+    otlp::{Outcome, SpanMetrics, SpanSink, Unparented},
+    spans::{
+        self, AgentSpan, HttpCall, MonoToUnix, Parent, PendingClients, SpanOptions, TraceDecision,
+    },
 };
 
 /// OpenTelemetry's default bucket boundaries for HTTP durations (seconds).
@@ -101,6 +112,19 @@ impl Default for HttpMetrics {
     }
 }
 
+/// How [`HttpPipeline::with_spans`] makes spans.
+pub struct SpanSetup {
+    /// Sampler and parenting bounds (`SpanOptions::from_config(&cfg.otlp)`).
+    pub options: SpanOptions,
+    /// Shared with the export task; registered by the caller.
+    pub metrics: SpanMetrics,
+    /// Where sampled spans go; `None` (otlp disabled): no spans, but trace decisions and
+    /// parenting still give the exemplars their trace ids.
+    pub sink: Option<SpanSink>,
+    /// Kernel monotonic time to wall-clock time, for span times and exemplar timestamps.
+    pub clock: MonoToUnix,
+}
+
 pub struct HttpPipeline {
     pairer: Pairer,
     routes: RouteTable,
@@ -109,7 +133,18 @@ pub struct HttpPipeline {
     series: HashSet<(&'static str, RedLabels)>,
     max_series: usize,
     ids: RandomIdGenerator,
+    sampler: Sampler,
+    span_metrics: SpanMetrics,
+    sink: Option<SpanSink>,
+    /// `None` until `with_spans`: exemplars are then stamped with the time they are recorded.
+    clock: Option<MonoToUnix>,
+    scope: InstrumentationScope,
+    /// Client exchanges waiting for the server exchange of their thread.
+    pending: PendingClients<HttpCall>,
+    /// Latest kernel time seen (response starts) or given to `tick`.
+    now_ns: u64,
     out: Vec<Output>,
+    calls: Vec<HttpCall>,
 }
 
 impl HttpPipeline {
@@ -124,6 +159,7 @@ impl HttpPipeline {
             tenant_header: tenants.header_name().unwrap_or("x-tenant-id").to_owned(),
             extra: Vec::new(),
         };
+        let options = SpanOptions::default();
         Self {
             pairer: Pairer::new(max_conns, sel),
             routes,
@@ -132,8 +168,62 @@ impl HttpPipeline {
             series: HashSet::new(),
             max_series,
             ids: RandomIdGenerator::default(),
+            // No waiting until `with_spans`: client series are recorded at once, as roots.
+            pending: PendingClients::new(Duration::ZERO, 0),
+            sampler: options.sampler,
+            span_metrics: SpanMetrics::default(),
+            sink: None,
+            clock: None,
+            scope: spans::scope(),
+            now_ns: 0,
             out: Vec::new(),
+            calls: Vec::new(),
         }
+    }
+
+    /// Sampling, parenting and span output. Without it: the default sampler, no spans, and no
+    /// parenting of client exchanges (no waiting, so no need for `tick`). Call before the first
+    /// record.
+    pub fn with_spans(mut self, setup: SpanSetup) -> Self {
+        self.sampler = setup.options.sampler;
+        self.pending = PendingClients::new(
+            setup.options.client_parent_wait,
+            setup.options.max_pending_client_spans,
+        );
+        self.span_metrics = setup.metrics;
+        self.sink = setup.sink;
+        self.clock = Some(setup.clock);
+        self
+    }
+
+    /// A new reading of the clocks (see [`crate::otlp::mono_to_unix_now`]).
+    pub fn set_clock(&mut self, clock: MonoToUnix) {
+        self.clock = Some(clock);
+    }
+
+    /// Releases, as root spans, the client exchanges whose wait for a parent ended by
+    /// `now_mono_ns` (kernel monotonic ns, [`crate::otlp::monotonic_now_ns`]). Records do this
+    /// too; call it on a timer (e.g. every poll) so they also leave when traffic stops.
+    pub fn tick(&mut self, now_mono_ns: u64) {
+        self.now_ns = self.now_ns.max(now_mono_ns);
+        self.expire();
+    }
+
+    /// Releases every waiting client exchange as a root span (at shutdown, before the export
+    /// task's last flush).
+    pub fn flush_pending(&mut self) {
+        let mut calls = std::mem::take(&mut self.calls);
+        self.pending.drain(&mut calls);
+        for call in calls.drain(..) {
+            self.span_metrics.unparented(Unparented::Shutdown);
+            self.finish_root(call);
+        }
+        self.calls = calls;
+    }
+
+    /// Client exchanges waiting for a parent.
+    pub fn pending_client_spans(&self) -> usize {
+        self.pending.len()
     }
 
     /// One kernel record. `label_of(tgid)` names the workload; `now` maps kernel times (ns,
@@ -171,7 +261,7 @@ impl HttpPipeline {
             match o {
                 Output::Exchange(x) => {
                     let workload = label_of(x.tgid);
-                    self.exchange(&x, &workload);
+                    self.exchange(x, workload);
                 }
                 Output::WebSocketOpened {
                     role,
@@ -234,18 +324,130 @@ impl HttpPipeline {
         }
     }
 
-    fn exchange(&mut self, x: &Exchange, workload: &Arc<str>) {
+    fn exchange(&mut self, x: Exchange, workload: Arc<str>) {
         let tenant = self.tenant(&x.request);
-        let route = self.routes.route(workload, &x.request.path);
-        let labels = RedLabels {
-            http_request_method: x.request.method.as_str(),
-            http_response_status_code: x.status,
-            http_route: route.to_string(),
-            tenant: tenant.to_string(),
-            url_scheme: "http",
-            workload: workload.to_string(),
+        let route = self.routes.route(&workload, &x.request.path);
+        let incoming = trace::incoming(x.request.traceparent.as_deref(), None);
+        let state = incoming.map(|_| spans::trace_state(x.request.tracestate.as_deref()));
+        self.now_ns = self.now_ns.max(x.end_ns);
+        let call = HttpCall {
+            role: x.role,
+            tgid: x.tgid,
+            tid: x.tid,
+            method: x.request.method,
+            path: x.request.path,
+            host: x.request.host,
+            http_minor: x.request.http_minor,
+            status: x.status,
+            start_ns: x.start_ns,
+            end_ns: x.end_ns,
+            tenant,
+            route,
+            workload,
         };
-        let key = (side(x.role), labels);
+        let parent = match (incoming, state) {
+            (Some(incoming), Some(trace_state)) => Some(Parent::Remote {
+                incoming,
+                trace_state,
+            }),
+            _ => None,
+        };
+        match (call.role, parent) {
+            (Role::Server, parent) => {
+                let parent = parent.unwrap_or(Parent::Root);
+                let server = spans::decide(&self.sampler, &self.ids, parent, SpanKind::Server);
+                let mut calls = std::mem::take(&mut self.calls);
+                self.pending.claim(
+                    (call.tgid, call.tid),
+                    call.start_ns,
+                    call.end_ns,
+                    &mut calls,
+                );
+                self.finish(call, &server);
+                for client in calls.drain(..) {
+                    let d = spans::decide(
+                        &self.sampler,
+                        &self.ids,
+                        Parent::Local(&server),
+                        SpanKind::Client,
+                    );
+                    self.finish(client, &d);
+                }
+                self.calls = calls;
+            }
+            // The application propagated context itself: that wins over the thread rule.
+            (Role::Client, Some(parent)) => {
+                let d = spans::decide(&self.sampler, &self.ids, parent, SpanKind::Client);
+                self.finish(call, &d);
+            }
+            (Role::Client, None) if !self.pending.enabled() => {
+                self.span_metrics.unparented(Unparented::NoServerSpan);
+                self.finish_root(call);
+            }
+            (Role::Client, None) => {
+                let key = (call.tgid, call.tid);
+                let (start, end) = (call.start_ns, call.end_ns);
+                if let Err(call) = self.pending.push(key, start, end, call) {
+                    self.span_metrics.unparented(Unparented::BufferFull);
+                    self.finish_root(call);
+                }
+            }
+        }
+        self.expire();
+    }
+
+    /// Client exchanges whose wait ended become roots.
+    fn expire(&mut self) {
+        let mut calls = std::mem::take(&mut self.calls);
+        self.pending.expire(self.now_ns, &mut calls);
+        for call in calls.drain(..) {
+            self.span_metrics.unparented(Unparented::NoServerSpan);
+            self.finish_root(call);
+        }
+        self.calls = calls;
+    }
+
+    fn finish_root(&mut self, call: HttpCall) {
+        let kind = match call.role {
+            Role::Server => SpanKind::Server,
+            Role::Client => SpanKind::Client,
+        };
+        let d = spans::decide(&self.sampler, &self.ids, Parent::Root, kind);
+        self.finish(call, &d);
+    }
+
+    /// The exchange's RED observation (with the decision's trace id as exemplar when sampled)
+    /// and its span.
+    fn finish(&mut self, call: HttpCall, d: &TraceDecision) {
+        self.observe(&call, d);
+        let Some(sink) = &self.sink else {
+            return;
+        };
+        if !d.sampled {
+            self.span_metrics.count(Outcome::NotSampled, 1);
+            return;
+        }
+        // `with_spans` sets both.
+        let clock = self
+            .clock
+            .unwrap_or_else(|| MonoToUnix::from_readings(0, SystemTime::UNIX_EPOCH));
+        let data = spans::build_span(&call, d, clock, &self.scope);
+        sink.offer(AgentSpan {
+            workload: call.workload,
+            data,
+        });
+    }
+
+    fn observe(&mut self, call: &HttpCall, d: &TraceDecision) {
+        let labels = RedLabels {
+            http_request_method: call.method.as_str(),
+            http_response_status_code: call.status,
+            http_route: call.route.to_string(),
+            tenant: call.tenant.to_string(),
+            url_scheme: "http",
+            workload: call.workload.to_string(),
+        };
+        let key = (side(call.role), labels);
         if !self.series.contains(&key) {
             if self.series.len() >= self.max_series {
                 self.metrics.series_overflow.inc();
@@ -253,23 +455,22 @@ impl HttpPipeline {
             }
             self.series.insert(key.clone());
         }
-        // The span's trace: the caller's when its traceparent is valid, else a new one.
-        let trace_id = trace::incoming(x.request.traceparent.as_deref(), None).map_or_else(
-            || self.ids.new_trace_id(),
-            |i| TraceId::from_bytes(i.trace_id),
-        );
-        let seconds = Duration::from_nanos(x.end_ns.saturating_sub(x.start_ns)).as_secs_f64();
-        let family = match x.role {
+        let seconds = Duration::from_nanos(call.end_ns.saturating_sub(call.start_ns)).as_secs_f64();
+        let family = match call.role {
             Role::Server => &self.metrics.server,
             Role::Client => &self.metrics.client,
         };
-        family.get_or_create(&key.1).observe(
-            seconds,
-            Some(TraceLabel {
-                trace_id: trace::hex(&trace_id.to_bytes()),
-            }),
-            Some(SystemTime::now()),
-        );
+        // Only a sampled span's trace id: an exemplar should lead to a trace that exists (a
+        // bucket keeps its previous exemplar otherwise).
+        let exemplar = d.sampled.then(|| TraceLabel {
+            trace_id: trace::hex(&d.trace_id.to_bytes()),
+        });
+        let at = self
+            .clock
+            .map_or_else(SystemTime::now, |c| c.to_system_time(call.end_ns));
+        family
+            .get_or_create(&key.1)
+            .observe(seconds, exemplar, Some(at));
     }
 
     pub fn stats(&self) -> crate::http::pairing::PairingStats {
@@ -300,6 +501,7 @@ fn side(role: Role) -> &'static str {
 mod tests {
     use super::*;
     use crate::http::{route::RoutesConfig, tenant::TenantConfig};
+    use opentelemetry::trace::SpanKind;
 
     fn pipeline(max_series: usize) -> (HttpPipeline, HttpMetrics) {
         let metrics = HttpMetrics::default();
@@ -367,6 +569,199 @@ mod tests {
             !text.contains("secret"),
             "query strings never leave the node"
         );
+    }
+
+    const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT_ID: &str = "00f067aa0ba902b7";
+
+    /// A pipeline with spans to a queue the test reads, the `[otlp]` defaults but for
+    /// `max_pending`, and monotonic 0 = Unix 0.
+    fn with_spans(
+        max_pending: usize,
+    ) -> (
+        HttpPipeline,
+        HttpMetrics,
+        SpanMetrics,
+        crate::otlp::SpanExporterTask,
+    ) {
+        let (p, m) = pipeline(100);
+        let span_metrics = SpanMetrics::default();
+        let (sink, task) = crate::otlp::start(
+            &crate::config::OtlpConfig::default(),
+            crate::spans::ResourceBase::default(),
+            span_metrics.clone(),
+        );
+        let p = p.with_spans(SpanSetup {
+            options: SpanOptions {
+                max_pending_client_spans: max_pending,
+                ..SpanOptions::default()
+            },
+            metrics: span_metrics.clone(),
+            sink: Some(sink),
+            clock: MonoToUnix::from_readings(0, SystemTime::UNIX_EPOCH),
+        });
+        (p, m, span_metrics, task)
+    }
+
+    fn encode_all(m: &HttpMetrics) -> String {
+        let mut r = prometheus_client::registry::Registry::default();
+        r.register("server", "x", m.server.clone());
+        r.register("client", "x", m.client.clone());
+        let mut s = String::new();
+        prometheus_client::encoding::text::encode(&mut s, &r).unwrap();
+        s
+    }
+
+    /// A client exchange of thread (7, `tid`) from `start` to `end` ms, with `extra` headers.
+    fn client(p: &mut HttpPipeline, tid: u32, start: u64, end: u64, extra: &str) {
+        let req = format!("GET /users/9 HTTP/1.1\r\nHost: users\r\n{extra}\r\n");
+        p.on_record(
+            u64::from(tid) * 100 + start,
+            Role::Client,
+            7,
+            tid,
+            req.as_bytes(),
+            b"HTTP/1.1 200 OK\r\n\r\n",
+            start * 1_000_000,
+            end * 1_000_000,
+            |_| Arc::from("api"),
+        );
+    }
+
+    fn server(p: &mut HttpPipeline, tid: u32, start: u64, end: u64, flags: &str) {
+        let req = format!(
+            "GET /posts/1 HTTP/1.1\r\nX-Tenant-ID: acme\r\ntraceparent: 00-{TRACE_ID}-{PARENT_ID}-{flags}\r\n\r\n"
+        );
+        p.on_record(
+            u64::from(tid),
+            Role::Server,
+            7,
+            tid,
+            req.as_bytes(),
+            b"HTTP/1.1 200 OK\r\n\r\n",
+            start * 1_000_000,
+            end * 1_000_000,
+            |_| Arc::from("api"),
+        );
+    }
+
+    fn by_kind(spans: &[AgentSpan], kind: SpanKind) -> Vec<&opentelemetry_sdk::trace::SpanData> {
+        spans
+            .iter()
+            .map(|s| &s.data)
+            .filter(|d| d.span_kind == kind)
+            .collect()
+    }
+
+    #[test]
+    fn client_waits_for_its_server_and_shares_its_trace_in_span_and_exemplar() {
+        let (mut p, m, sm, mut task) = with_spans(100);
+        client(&mut p, 7, 2, 4, "");
+        assert_eq!(p.pending_client_spans(), 1);
+        assert!(task.take_queued().is_empty(), "the client span waits");
+        assert!(
+            !encode_all(&m).contains("client_count"),
+            "and so does its series"
+        );
+        server(&mut p, 7, 1, 21, "01");
+        assert_eq!(p.pending_client_spans(), 0);
+        let spans = task.take_queued();
+        let (servers, clients) = (
+            by_kind(&spans, SpanKind::Server),
+            by_kind(&spans, SpanKind::Client),
+        );
+        assert_eq!((servers.len(), clients.len()), (1, 1));
+        let (s, c) = (servers[0], clients[0]);
+        assert_eq!(trace::hex(&s.span_context.trace_id().to_bytes()), TRACE_ID);
+        assert_eq!(trace::hex(&s.parent_span_id.to_bytes()), PARENT_ID);
+        assert_eq!(c.span_context.trace_id(), s.span_context.trace_id());
+        assert_eq!(c.parent_span_id, s.span_context.span_id());
+        assert!(!c.parent_span_is_remote);
+        let text = encode_all(&m);
+        assert_eq!(
+            text.matches(&format!("# {{trace_id=\"{TRACE_ID}\"}}"))
+                .count(),
+            2,
+            "both exemplars carry the trace id of the spans: {text}"
+        );
+        assert_eq!(sm.unparented_count(Unparented::NoServerSpan), 0);
+    }
+
+    #[test]
+    fn unclaimed_clients_become_counted_roots_after_the_wait() {
+        let (mut p, m, sm, mut task) = with_spans(100);
+        client(&mut p, 8, 2, 4, "");
+        // Another thread's server does not claim it.
+        server(&mut p, 7, 1, 21, "01");
+        assert_eq!(p.pending_client_spans(), 1);
+        let wait = SpanOptions::default().client_parent_wait.as_nanos() as u64;
+        p.tick(4_000_000 + wait - 1);
+        assert_eq!(p.pending_client_spans(), 1);
+        p.tick(4_000_000 + wait);
+        assert_eq!(p.pending_client_spans(), 0);
+        assert_eq!(sm.unparented_count(Unparented::NoServerSpan), 1);
+        let spans = task.take_queued();
+        let c = by_kind(&spans, SpanKind::Client)[0];
+        assert_eq!(c.parent_span_id, opentelemetry::trace::SpanId::INVALID);
+        let trace_id = trace::hex(&c.span_context.trace_id().to_bytes());
+        assert_ne!(trace_id, TRACE_ID);
+        assert!(
+            encode_all(&m).contains(&format!("# {{trace_id=\"{trace_id}\"}}")),
+            "the root's exemplar is its own trace"
+        );
+        // Later records move time on as well.
+        client(&mut p, 9, 10, 11, "");
+        server(&mut p, 7, 3_000, 3_001, "01");
+        assert_eq!(p.pending_client_spans(), 0);
+        assert_eq!(sm.unparented_count(Unparented::NoServerSpan), 2);
+    }
+
+    #[test]
+    fn a_client_traceparent_wins_over_the_thread() {
+        let (mut p, _m, _sm, mut task) = with_spans(100);
+        let own = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        client(&mut p, 7, 2, 4, &format!("traceparent: {own}\r\n"));
+        assert_eq!(p.pending_client_spans(), 0, "no need to wait");
+        server(&mut p, 7, 1, 21, "01");
+        let spans = task.take_queued();
+        let c = by_kind(&spans, SpanKind::Client)[0];
+        assert_eq!(
+            trace::hex(&c.span_context.trace_id().to_bytes()),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+        assert_eq!(trace::hex(&c.parent_span_id.to_bytes()), "b7ad6b7169203331");
+        assert!(c.parent_span_is_remote);
+    }
+
+    #[test]
+    fn pending_clients_are_bounded_and_flushed_at_shutdown() {
+        let (mut p, _m, sm, mut task) = with_spans(1);
+        client(&mut p, 7, 2, 3, "");
+        client(&mut p, 8, 2, 3, "");
+        assert_eq!(p.pending_client_spans(), 1);
+        assert_eq!(sm.unparented_count(Unparented::BufferFull), 1);
+        assert_eq!(
+            task.take_queued().len(),
+            1,
+            "the overflow is a root at once"
+        );
+        p.flush_pending();
+        assert_eq!(p.pending_client_spans(), 0);
+        assert_eq!(sm.unparented_count(Unparented::Shutdown), 1);
+        assert_eq!(task.take_queued().len(), 1);
+    }
+
+    #[test]
+    fn unsampled_exchanges_get_no_span_and_no_exemplar() {
+        let (mut p, m, sm, mut task) = with_spans(100);
+        client(&mut p, 7, 2, 4, "");
+        server(&mut p, 7, 1, 21, "00");
+        assert!(task.take_queued().is_empty());
+        assert_eq!(sm.spans(Outcome::NotSampled), 2);
+        let text = encode_all(&m);
+        assert!(text.contains("server_count"), "still counted: {text}");
+        assert!(text.contains("client_count"), "still counted: {text}");
+        assert!(!text.contains("trace_id"), "{text}");
     }
 
     #[test]

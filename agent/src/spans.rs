@@ -1,0 +1,1028 @@
+//! From captured HTTP exchanges to OpenTelemetry spans: the trace decision (ids, parent,
+//! sampling), the span (name, kind, times, attributes, status), the parenting of outgoing
+//! requests under the incoming request their thread was serving, and the resource each
+//! workload's spans are exported under. Pure: no clock and no I/O (times and environment values
+//! are parameters); randomness only through an [`IdGenerator`].
+//!
+//! # Which span is whose parent
+//!
+//! - A request with a valid `traceparent` joins that trace: same trace id, parent = the header's
+//!   parent id (a remote parent), sampled per the configured sampler (the `parentbased_*` ones
+//!   follow the header's flag).
+//! - An outgoing (client) request without one becomes the child of the incoming (server)
+//!   request that the same thread of the same process was serving when the outgoing request
+//!   started: same trace id, parent = that server span (a local parent), same sampling decision.
+//!   The server exchange is only known when its response begins, after its outgoing calls have
+//!   finished, so client exchanges wait in [`PendingClients`] for a bounded time after their
+//!   end (`otlp.client_parent_wait`) and in bounded number (`otlp.max_pending_client_spans`);
+//!   those nobody claims become root spans (counted).
+//! - Anything else is the root of a new trace, sampled by the trace id (`traceidratio`).
+//!
+//! The thread rule holds for thread-per-request servers (and a Go handler while its goroutine
+//! stays on one OS thread). It cannot hold, and outgoing requests then become roots or, worse,
+//! children of the wrong request, when
+//! - one thread serves many requests at once: event loops (Node.js, nginx, Python asyncio,
+//!   Netty): the first server exchange to complete on the thread claims every client exchange
+//!   that started within its lifetime;
+//! - work moves between threads: thread pools and executors that hand a request to a worker,
+//!   async runtimes that resume a task on another thread (Tokio's multi-thread scheduler, Go's
+//!   scheduler moving goroutines between OS threads after a blocking syscall, the JVM's
+//!   virtual threads);
+//! - the calls outlive the wait: a server spends longer than `otlp.client_parent_wait` between
+//!   the end of a downstream call and its own response.
+//!
+//! Applications that propagate trace context themselves (a `traceparent` on their outgoing
+//! requests) are always parented correctly: the header wins over the thread rule.
+
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, HashMap},
+    str::FromStr as _,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use opentelemetry::{
+    Context, InstrumentationScope, KeyValue,
+    trace::{
+        SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
+        TraceState,
+    },
+};
+use opentelemetry_sdk::{
+    Resource,
+    trace::{
+        IdGenerator, Sampler, SamplingDecision, ShouldSample as _, SpanData, SpanEvents, SpanLinks,
+    },
+};
+
+use crate::{
+    config::{OtlpConfig, TracesSampler},
+    http::{
+        pairing::Role,
+        parse::Method,
+        route::{OTHER, UNMATCHED},
+        trace::Incoming,
+    },
+};
+
+/// Most `tracestate` members W3C allows; a longer header is not propagated.
+const MAX_TRACESTATE_MEMBERS: usize = 32;
+/// Longest `tracestate` header propagated (32 members of the longest key and value, roughly).
+const MAX_TRACESTATE_LEN: usize = 512;
+
+/// Maps kernel `CLOCK_MONOTONIC` nanoseconds (`bpf_ktime_get_ns`) to wall-clock time, from one
+/// reading of both clocks. Wall-clock steps after the reading are not followed; the caller may
+/// take a new reading now and then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MonoToUnix {
+    /// Unix time minus monotonic time, in nanoseconds.
+    offset_ns: i128,
+}
+
+impl MonoToUnix {
+    /// From a monotonic reading and the wall-clock time taken right after it.
+    pub fn from_readings(mono_ns: u64, unix: SystemTime) -> Self {
+        let unix_ns = match unix.duration_since(UNIX_EPOCH) {
+            Ok(d) => d.as_nanos() as i128,
+            Err(e) => -(e.duration().as_nanos() as i128),
+        };
+        Self {
+            offset_ns: unix_ns - i128::from(mono_ns),
+        }
+    }
+
+    /// The wall-clock time of a monotonic timestamp (never before 1970).
+    pub fn to_system_time(self, mono_ns: u64) -> SystemTime {
+        let unix_ns = (i128::from(mono_ns) + self.offset_ns).clamp(0, i128::from(u64::MAX));
+        UNIX_EPOCH + Duration::from_nanos(unix_ns as u64)
+    }
+}
+
+/// The sampler named by `OTEL_TRACES_SAMPLER` (`ratio` is its `_ARG`), as the SDK implements it.
+pub fn sampler(kind: TracesSampler, ratio: f64) -> Sampler {
+    match kind {
+        TracesSampler::AlwaysOn => Sampler::AlwaysOn,
+        TracesSampler::AlwaysOff => Sampler::AlwaysOff,
+        TracesSampler::Traceidratio => Sampler::TraceIdRatioBased(ratio),
+        TracesSampler::ParentbasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        TracesSampler::ParentbasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        TracesSampler::ParentbasedTraceidratio => {
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
+        }
+    }
+}
+
+/// How the HTTP pipeline decides traces and parents outgoing requests (the `[otlp]` keys that
+/// do not concern the exporter).
+#[derive(Debug, Clone)]
+pub struct SpanOptions {
+    pub sampler: Sampler,
+    /// `otlp.client_parent_wait`.
+    pub client_parent_wait: Duration,
+    /// `otlp.max_pending_client_spans`.
+    pub max_pending_client_spans: usize,
+}
+
+impl SpanOptions {
+    pub fn from_config(cfg: &OtlpConfig) -> Self {
+        Self {
+            sampler: sampler(cfg.sampler, cfg.sampler_arg),
+            client_parent_wait: cfg.client_parent_wait,
+            max_pending_client_spans: cfg.max_pending_client_spans,
+        }
+    }
+}
+
+impl Default for SpanOptions {
+    /// The `[otlp]` defaults.
+    fn default() -> Self {
+        Self::from_config(&OtlpConfig::default())
+    }
+}
+
+/// One exchange's place in a trace: decided once, used by both its span and its exemplar.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceDecision {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    /// `SpanId::INVALID` for a root span.
+    pub parent_span_id: SpanId,
+    /// The parent is in another process (a `traceparent` header).
+    pub parent_is_remote: bool,
+    pub sampled: bool,
+    /// Propagated from the caller's `tracestate`.
+    pub trace_state: TraceState,
+}
+
+/// What an exchange's span descends from.
+#[derive(Debug, Clone)]
+pub enum Parent<'a> {
+    /// Nothing: a new trace.
+    Root,
+    /// A valid `traceparent` on the request.
+    Remote {
+        incoming: Incoming,
+        trace_state: TraceState,
+    },
+    /// The server span of the request the thread was serving (client spans only).
+    Local(&'a TraceDecision),
+}
+
+/// Decides trace id, span id, parent and sampling; the sampler sees the parent as the SDK would
+/// (remote or local, sampled or not) and, for a new trace, the new trace id.
+pub fn decide(
+    sampler: &Sampler,
+    ids: &dyn IdGenerator,
+    parent: Parent<'_>,
+    kind: SpanKind,
+) -> TraceDecision {
+    let parent_cx = match &parent {
+        Parent::Root => None,
+        Parent::Remote {
+            incoming,
+            trace_state,
+        } => Some(SpanContext::new(
+            TraceId::from_bytes(incoming.trace_id),
+            SpanId::from_bytes(incoming.parent_span_id),
+            flags(incoming.sampled),
+            true,
+            trace_state.clone(),
+        )),
+        Parent::Local(d) => Some(SpanContext::new(
+            d.trace_id,
+            d.span_id,
+            flags(d.sampled),
+            false,
+            d.trace_state.clone(),
+        )),
+    };
+    let trace_id = parent_cx
+        .as_ref()
+        .map_or_else(|| ids.new_trace_id(), |p| p.trace_id());
+    let cx = parent_cx
+        .as_ref()
+        .map(|p| Context::new().with_remote_span_context(p.clone()));
+    let result = sampler.should_sample(cx.as_ref(), trace_id, "", &kind, &[], &[]);
+    TraceDecision {
+        trace_id,
+        span_id: ids.new_span_id(),
+        parent_span_id: parent_cx.as_ref().map_or(SpanId::INVALID, |p| p.span_id()),
+        parent_is_remote: parent_cx.as_ref().is_some_and(SpanContext::is_remote),
+        sampled: result.decision == SamplingDecision::RecordAndSample,
+        trace_state: result.trace_state,
+    }
+}
+
+fn flags(sampled: bool) -> TraceFlags {
+    if sampled {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    }
+}
+
+/// The caller's `tracestate`, to propagate with a valid `traceparent`; empty when absent,
+/// invalid or longer than W3C allows (32 members).
+pub fn trace_state(header: Option<&str>) -> TraceState {
+    let Some(header) = header.filter(|h| h.len() <= MAX_TRACESTATE_LEN) else {
+        return TraceState::default();
+    };
+    let members = header.split(',').filter(|m| !m.trim().is_empty()).count();
+    if members > MAX_TRACESTATE_MEMBERS {
+        return TraceState::default();
+    }
+    TraceState::from_str(header).unwrap_or_default()
+}
+
+/// One paired request, reduced to what its span and its RED series need; what waits in
+/// [`PendingClients`] (about 1 KiB at most: the path is capped).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpCall {
+    pub role: Role,
+    pub tgid: u32,
+    pub tid: u32,
+    pub method: Method,
+    /// Without query string (see `RequestHead::path`).
+    pub path: String,
+    pub host: Option<String>,
+    pub http_minor: u8,
+    pub status: u16,
+    /// Kernel monotonic ns: request start and response start.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub tenant: Arc<str>,
+    /// The route template, or `_other` / `_unmatched`.
+    pub route: Arc<str>,
+    /// The workload label, which is also the span's `service.name`.
+    pub workload: Arc<str>,
+}
+
+/// A span ready for export, with the workload whose resource it belongs under.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentSpan {
+    pub workload: Arc<str>,
+    pub data: SpanData,
+}
+
+/// The instrumentation scope of every span the agent makes.
+pub fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder(env!("CARGO_PKG_NAME"))
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build()
+}
+
+/// Whether `route` is a real template (not a fold-in value), fit for `http.route`.
+fn known_route(route: &str) -> bool {
+    !route.is_empty() && route != OTHER && route != UNMATCHED
+}
+
+/// `{method} {route}`, or `{method}` without a known route; `HTTP` for methods outside the
+/// known set (semconv).
+pub fn span_name(method: Method, route: &str) -> String {
+    let method = match method {
+        Method::Other => "HTTP",
+        m => m.as_str(),
+    };
+    if known_route(route) {
+        format!("{method} {route}")
+    } else {
+        method.to_owned()
+    }
+}
+
+/// Error for 5xx on server spans, 4xx and 5xx on client spans (semconv); unset otherwise.
+pub fn span_status(role: Role, status: u16) -> Status {
+    let error = match role {
+        Role::Server => status >= 500,
+        Role::Client => status >= 400,
+    };
+    if error {
+        Status::error("")
+    } else {
+        Status::Unset
+    }
+}
+
+/// The span of `call` with the ids of `decision`.
+pub fn build_span(
+    call: &HttpCall,
+    decision: &TraceDecision,
+    clock: MonoToUnix,
+    scope: &InstrumentationScope,
+) -> SpanData {
+    let status = span_status(call.role, call.status);
+    let mut attributes = Vec::with_capacity(10);
+    attributes.push(KeyValue::new("http.request.method", call.method.as_str()));
+    attributes.push(KeyValue::new(
+        "http.response.status_code",
+        i64::from(call.status),
+    ));
+    if known_route(&call.route) {
+        attributes.push(KeyValue::new("http.route", call.route.to_string()));
+    }
+    attributes.push(KeyValue::new("url.path", call.path.clone()));
+    attributes.push(KeyValue::new("url.scheme", "http"));
+    if let Some(host) = &call.host {
+        attributes.push(KeyValue::new("server.address", host.clone()));
+        if call.role == Role::Client {
+            // Required on client spans; never with a query string (the parser drops it).
+            attributes.push(KeyValue::new(
+                "url.full",
+                format!("http://{host}{}", call.path),
+            ));
+        }
+    }
+    attributes.push(KeyValue::new(
+        "network.protocol.version",
+        if call.http_minor == 0 { "1.0" } else { "1.1" },
+    ));
+    attributes.push(KeyValue::new("tenant.id", call.tenant.to_string()));
+    if matches!(status, Status::Error { .. }) {
+        attributes.push(KeyValue::new("error.type", call.status.to_string()));
+    }
+    SpanData {
+        span_context: SpanContext::new(
+            decision.trace_id,
+            decision.span_id,
+            flags(decision.sampled),
+            false,
+            decision.trace_state.clone(),
+        ),
+        parent_span_id: decision.parent_span_id,
+        parent_span_is_remote: decision.parent_is_remote,
+        span_kind: match call.role {
+            Role::Server => SpanKind::Server,
+            Role::Client => SpanKind::Client,
+        },
+        name: Cow::Owned(span_name(call.method, &call.route)),
+        start_time: clock.to_system_time(call.start_ns),
+        end_time: clock.to_system_time(call.end_ns.max(call.start_ns)),
+        attributes,
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status,
+        instrumentation_scope: scope.clone(),
+    }
+}
+
+/// A batch's spans grouped by workload (first-seen order), one export request each: the OTLP
+/// exporter sends one resource per request.
+pub fn group_by_workload(batch: Vec<AgentSpan>) -> Vec<(Arc<str>, Vec<SpanData>)> {
+    let mut groups: Vec<(Arc<str>, Vec<SpanData>)> = Vec::new();
+    let mut index: HashMap<Arc<str>, usize> = HashMap::new();
+    for span in batch {
+        let i = *index.entry(span.workload.clone()).or_insert_with(|| {
+            groups.push((span.workload.clone(), Vec::new()));
+            groups.len() - 1
+        });
+        groups[i].1.push(span.data);
+    }
+    groups
+}
+
+/// Thread key of the parenting rule: (process, thread).
+pub type ThreadKey = (u32, u32);
+
+struct Pending<T> {
+    seq: u64,
+    expires_at: u64,
+    start_ns: u64,
+    item: T,
+}
+
+/// Client exchanges waiting for the server exchange that encloses them on the same thread.
+/// Bounded in time (`wait` after their end) and in number; time is the caller's (kernel
+/// monotonic ns).
+pub struct PendingClients<T> {
+    by_thread: HashMap<ThreadKey, Vec<Pending<T>>>,
+    /// (expiry, sequence) -> thread, to expire in time order.
+    by_expiry: BTreeMap<(u64, u64), ThreadKey>,
+    seq: u64,
+    wait_ns: u64,
+    max: usize,
+}
+
+impl<T> PendingClients<T> {
+    pub fn new(wait: Duration, max: usize) -> Self {
+        Self {
+            by_thread: HashMap::new(),
+            by_expiry: BTreeMap::new(),
+            seq: 0,
+            wait_ns: u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX),
+            max,
+        }
+    }
+
+    /// False when the wait or the bound is zero: nothing is ever held.
+    pub fn enabled(&self) -> bool {
+        self.wait_ns > 0 && self.max > 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_expiry.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_expiry.is_empty()
+    }
+
+    /// Holds `item` until claimed or expired; gives it back when full (or disabled).
+    pub fn push(&mut self, key: ThreadKey, start_ns: u64, end_ns: u64, item: T) -> Result<(), T> {
+        if !self.enabled() || self.len() >= self.max {
+            return Err(item);
+        }
+        self.seq += 1;
+        let expires_at = end_ns.saturating_add(self.wait_ns);
+        self.by_expiry.insert((expires_at, self.seq), key);
+        self.by_thread.entry(key).or_default().push(Pending {
+            seq: self.seq,
+            expires_at,
+            start_ns,
+            item,
+        });
+        Ok(())
+    }
+
+    /// Moves to `out`, in arrival order, the items of `key` that started within
+    /// `[start_ns, end_ns]`.
+    pub fn claim(&mut self, key: ThreadKey, start_ns: u64, end_ns: u64, out: &mut Vec<T>) {
+        let Some(list) = self.by_thread.get_mut(&key) else {
+            return;
+        };
+        let mut i = 0;
+        while i < list.len() {
+            if (start_ns..=end_ns).contains(&list[i].start_ns) {
+                let p = list.remove(i);
+                self.by_expiry.remove(&(p.expires_at, p.seq));
+                out.push(p.item);
+            } else {
+                i += 1;
+            }
+        }
+        if list.is_empty() {
+            self.by_thread.remove(&key);
+        }
+    }
+
+    /// Moves to `out` the items whose wait ended at or before `now_ns`, oldest first.
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<T>) {
+        while let Some(entry) = self.by_expiry.first_entry() {
+            if entry.key().0 > now_ns {
+                break;
+            }
+            let ((_, seq), key) = entry.remove_entry();
+            self.take(key, seq, out);
+        }
+    }
+
+    /// Moves everything to `out` (shutdown), oldest expiry first.
+    pub fn drain(&mut self, out: &mut Vec<T>) {
+        self.expire(u64::MAX, out);
+    }
+
+    fn take(&mut self, key: ThreadKey, seq: u64, out: &mut Vec<T>) {
+        if let Some(list) = self.by_thread.get_mut(&key) {
+            if let Some(i) = list.iter().position(|p| p.seq == seq) {
+                out.push(list.remove(i).item);
+            }
+            if list.is_empty() {
+                self.by_thread.remove(&key);
+            }
+        }
+    }
+}
+
+/// `key=value` pairs separated by commas, values percent-encoded: the format of
+/// `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_EXPORTER_OTLP_HEADERS`. Blank entries are skipped; an
+/// entry without `=` or with an empty key is an error.
+pub fn parse_otel_pairs(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut pairs = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let Some((key, value)) = entry.split_once('=') else {
+            return Err(format!("expected key=value, got {entry:?}"));
+        };
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(format!("empty key in {entry:?}"));
+        }
+        pairs.push((key.to_owned(), percent_decode(value.trim())));
+    }
+    Ok(pairs)
+}
+
+/// `%XX` sequences decoded; a `%` not followed by two hex digits is kept as is.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The resource attributes every workload's spans share: the node's, then those of the
+/// standard environment variables, which win over everything (including `service.name`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResourceBase {
+    node: Vec<KeyValue>,
+    env: Vec<KeyValue>,
+}
+
+impl ResourceBase {
+    /// `host.name` and `k8s.node.name` when known.
+    pub fn new(host_name: Option<&str>, node_name: Option<&str>) -> Self {
+        let mut node = Vec::new();
+        if let Some(h) = host_name.filter(|h| !h.is_empty()) {
+            node.push(KeyValue::new("host.name", h.to_owned()));
+        }
+        if let Some(n) = node_name.filter(|n| !n.is_empty()) {
+            node.push(KeyValue::new("k8s.node.name", n.to_owned()));
+        }
+        Self {
+            node,
+            env: Vec::new(),
+        }
+    }
+
+    /// Adds the values of `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_SERVICE_NAME` (which wins over
+    /// a `service.name` in the former). A malformed `OTEL_RESOURCE_ATTRIBUTES` is ignored as a
+    /// whole (as the specification asks); the error says why, for the caller to log.
+    pub fn with_env(
+        mut self,
+        service_name: Option<&str>,
+        resource_attributes: Option<&str>,
+    ) -> (Self, Option<String>) {
+        let mut error = None;
+        if let Some(text) = resource_attributes {
+            match parse_otel_pairs(text) {
+                Ok(pairs) => self
+                    .env
+                    .extend(pairs.into_iter().map(|(k, v)| KeyValue::new(k, v))),
+                Err(e) => error = Some(format!("OTEL_RESOURCE_ATTRIBUTES ignored: {e}")),
+            }
+        }
+        if let Some(name) = service_name.filter(|n| !n.is_empty()) {
+            self.env
+                .push(KeyValue::new("service.name", name.to_owned()));
+        }
+        (self, error)
+    }
+
+    /// The resource of `workload`'s spans: node attributes, `service.name` = the workload,
+    /// then the environment's attributes over them.
+    pub fn for_workload(&self, workload: &str) -> Resource {
+        Resource::builder_empty()
+            .with_attributes(self.node.iter().cloned())
+            .with_attribute(KeyValue::new("service.name", workload.to_owned()))
+            .with_attributes(self.env.iter().cloned())
+            .build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::Value;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Ids 1, 2, 3, ... so tests can name them.
+    #[derive(Debug, Default)]
+    struct Counting(AtomicU64);
+
+    impl IdGenerator for Counting {
+        fn new_trace_id(&self) -> TraceId {
+            TraceId::from(u128::from(self.0.fetch_add(1, Ordering::Relaxed) + 1))
+        }
+        fn new_span_id(&self) -> SpanId {
+            SpanId::from(self.0.fetch_add(1, Ordering::Relaxed) + 1)
+        }
+    }
+
+    /// Always the same trace id, for sampling tests.
+    #[derive(Debug)]
+    struct Fixed(TraceId);
+
+    impl IdGenerator for Fixed {
+        fn new_trace_id(&self) -> TraceId {
+            self.0
+        }
+        fn new_span_id(&self) -> SpanId {
+            SpanId::from(7)
+        }
+    }
+
+    const TRACE: [u8; 16] = [
+        0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e, 0x47,
+        0x36,
+    ];
+    const PARENT: [u8; 8] = [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7];
+
+    fn remote(sampled: bool) -> Parent<'static> {
+        Parent::Remote {
+            incoming: Incoming {
+                trace_id: TRACE,
+                parent_span_id: PARENT,
+                sampled,
+            },
+            trace_state: TraceState::default(),
+        }
+    }
+
+    fn pb_ratio(r: f64) -> Sampler {
+        sampler(TracesSampler::ParentbasedTraceidratio, r)
+    }
+
+    fn call(role: Role, status: u16) -> HttpCall {
+        HttpCall {
+            role,
+            tgid: 10,
+            tid: 11,
+            method: Method::Get,
+            path: "/posts/42".into(),
+            host: Some("acme.platform.example".into()),
+            http_minor: 1,
+            status,
+            start_ns: 1_000,
+            end_ns: 21_000_000,
+            tenant: "acme".into(),
+            route: "/posts/{id}".into(),
+            workload: "api".into(),
+        }
+    }
+
+    fn attr<'a>(span: &'a SpanData, key: &str) -> Option<&'a Value> {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| &kv.value)
+    }
+
+    #[test]
+    fn incoming_traceparent_is_the_parent_and_its_flag_decides() {
+        let ids = Counting::default();
+        let d = decide(&pb_ratio(0.0), &ids, remote(true), SpanKind::Server);
+        assert_eq!(d.trace_id, TraceId::from_bytes(TRACE));
+        assert_eq!(d.parent_span_id, SpanId::from_bytes(PARENT));
+        assert!(d.parent_is_remote);
+        assert!(d.sampled, "a sampled parent wins over a 0 ratio");
+        assert_eq!(d.span_id, SpanId::from(1), "no trace id was generated");
+
+        let d = decide(&pb_ratio(1.0), &ids, remote(false), SpanKind::Server);
+        assert!(!d.sampled, "an unsampled parent wins over a ratio of 1");
+        // Not parent-based: the trace is joined but the ratio decides.
+        let always = sampler(TracesSampler::AlwaysOn, 0.0);
+        let d = decide(&always, &ids, remote(false), SpanKind::Server);
+        assert!(d.sampled);
+        assert_eq!(d.trace_id, TraceId::from_bytes(TRACE));
+    }
+
+    #[test]
+    fn new_traces_are_roots_sampled_by_their_trace_id() {
+        let ids = Counting::default();
+        let d = decide(&pb_ratio(1.0), &ids, Parent::Root, SpanKind::Server);
+        assert_eq!(d.trace_id, TraceId::from(1u128));
+        assert_eq!(d.span_id, SpanId::from(2));
+        assert_eq!(d.parent_span_id, SpanId::INVALID);
+        assert!(!d.parent_is_remote && d.sampled);
+
+        // TraceIdRatioBased compares the low 63 bits of the trace id with ratio * 2^63: the same
+        // id always gets the same decision, and the ratio moves the threshold.
+        let low = |v: u64| TraceId::from(u128::from(v));
+        let quarter = 1u64 << 61; // 0.25 of 2^63, before the >> 1
+        for (trace, ratio, sampled) in [
+            (low((quarter - 1) << 1), 0.25, true),
+            (low(quarter << 1), 0.25, false),
+            (low(u64::MAX), 0.999, false),
+            (low(u64::MAX), 1.0, true),
+            (low(0), 0.0, false),
+        ] {
+            for _ in 0..3 {
+                let d = decide(
+                    &pb_ratio(ratio),
+                    &Fixed(trace),
+                    Parent::Root,
+                    SpanKind::Server,
+                );
+                assert_eq!(d.sampled, sampled, "{trace} at {ratio}");
+            }
+        }
+        // About the ratio over many random ids.
+        let ids = opentelemetry_sdk::trace::RandomIdGenerator::default();
+        let kept = (0..10_000)
+            .filter(|_| decide(&pb_ratio(0.1), &ids, Parent::Root, SpanKind::Server).sampled)
+            .count();
+        assert!((800..1200).contains(&kept), "{kept} of 10000 at 0.1");
+        let off = sampler(TracesSampler::ParentbasedAlwaysOff, 1.0);
+        assert!(!decide(&off, &ids, Parent::Root, SpanKind::Server).sampled);
+        assert!(decide(&off, &ids, remote(true), SpanKind::Server).sampled);
+    }
+
+    #[test]
+    fn client_under_a_local_server_span_shares_its_trace_and_decision() {
+        let ids = Counting::default();
+        for sampled in [true, false] {
+            let server = decide(&pb_ratio(1.0), &ids, remote(sampled), SpanKind::Server);
+            let client = decide(
+                &pb_ratio(1.0),
+                &ids,
+                Parent::Local(&server),
+                SpanKind::Client,
+            );
+            assert_eq!(client.trace_id, server.trace_id);
+            assert_eq!(client.parent_span_id, server.span_id);
+            assert_ne!(client.span_id, server.span_id);
+            assert!(!client.parent_is_remote);
+            assert_eq!(client.sampled, sampled);
+        }
+    }
+
+    #[test]
+    fn tracestate_is_propagated_when_valid() {
+        let ids = Counting::default();
+        let state = trace_state(Some("congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"));
+        assert_eq!(state.get("congo"), Some("t61rcWkgMzE"));
+        let d = decide(
+            &pb_ratio(1.0),
+            &ids,
+            Parent::Remote {
+                incoming: Incoming {
+                    trace_id: TRACE,
+                    parent_span_id: PARENT,
+                    sampled: true,
+                },
+                trace_state: state.clone(),
+            },
+            SpanKind::Server,
+        );
+        assert_eq!(d.trace_state, state);
+        let too_many = (0..33).map(|i| format!("k{i}=v")).collect::<Vec<_>>();
+        assert_eq!(
+            trace_state(Some(&too_many.join(","))),
+            TraceState::default()
+        );
+        assert_eq!(trace_state(Some("no-equals")), TraceState::default());
+        assert_eq!(trace_state(None), TraceState::default());
+    }
+
+    #[test]
+    fn span_carries_semconv_attributes_kind_and_times() {
+        let ids = Counting::default();
+        let d = decide(&pb_ratio(1.0), &ids, remote(true), SpanKind::Server);
+        // Monotonic 0 is 2024-01-01T00:00:00Z.
+        let epoch = UNIX_EPOCH + Duration::from_secs(1_704_067_200);
+        let clock = MonoToUnix::from_readings(5_000_000_000, epoch + Duration::from_secs(5));
+        let span = build_span(&call(Role::Server, 200), &d, clock, &scope());
+        assert_eq!(span.name, "GET /posts/{id}");
+        assert_eq!(span.span_kind, SpanKind::Server);
+        assert_eq!(span.span_context.trace_id(), TraceId::from_bytes(TRACE));
+        assert_eq!(span.span_context.span_id(), d.span_id);
+        assert!(span.span_context.is_sampled());
+        assert_eq!(span.parent_span_id, SpanId::from_bytes(PARENT));
+        assert!(span.parent_span_is_remote);
+        assert_eq!(span.start_time, epoch + Duration::from_nanos(1_000));
+        assert_eq!(span.end_time, epoch + Duration::from_nanos(21_000_000));
+        assert_eq!(span.status, Status::Unset);
+        let expect: [(&str, Value); 8] = [
+            ("http.request.method", "GET".into()),
+            ("http.response.status_code", 200i64.into()),
+            ("http.route", "/posts/{id}".into()),
+            ("url.path", "/posts/42".into()),
+            ("url.scheme", "http".into()),
+            ("server.address", "acme.platform.example".into()),
+            ("network.protocol.version", "1.1".into()),
+            ("tenant.id", "acme".into()),
+        ];
+        for (key, value) in &expect {
+            assert_eq!(attr(&span, key), Some(value), "{key}");
+        }
+        assert_eq!(span.attributes.len(), expect.len(), "{:?}", span.attributes);
+        assert_eq!(attr(&span, "error.type"), None);
+        assert_eq!(span.instrumentation_scope.name(), "tenantscope-agent");
+
+        let mut c = call(Role::Client, 200);
+        c.http_minor = 0;
+        c.host = None;
+        c.route = UNMATCHED.into();
+        c.method = Method::Other;
+        let span = build_span(&c, &d, clock, &scope());
+        assert_eq!(span.span_kind, SpanKind::Client);
+        assert_eq!(span.name, "HTTP", "no route, unknown method");
+        assert_eq!(attr(&span, "http.route"), None);
+        assert_eq!(attr(&span, "server.address"), None);
+        assert_eq!(attr(&span, "http.request.method"), Some(&"_OTHER".into()));
+        assert_eq!(attr(&span, "network.protocol.version"), Some(&"1.0".into()));
+        let with_host = build_span(&call(Role::Client, 200), &d, clock, &scope());
+        assert_eq!(
+            attr(&with_host, "url.full"),
+            Some(&"http://acme.platform.example/posts/42".into())
+        );
+    }
+
+    #[test]
+    fn status_is_error_for_5xx_servers_and_4xx_5xx_clients() {
+        let d = decide(
+            &pb_ratio(1.0),
+            &Counting::default(),
+            Parent::Root,
+            SpanKind::Server,
+        );
+        let clock = MonoToUnix::from_readings(0, UNIX_EPOCH);
+        for (role, status, error) in [
+            (Role::Server, 200, false),
+            (Role::Server, 404, false),
+            (Role::Server, 499, false),
+            (Role::Server, 500, true),
+            (Role::Server, 503, true),
+            (Role::Client, 302, false),
+            (Role::Client, 400, true),
+            (Role::Client, 404, true),
+            (Role::Client, 502, true),
+        ] {
+            let span = build_span(&call(role, status), &d, clock, &scope());
+            if error {
+                assert_eq!(span.status, Status::error(""), "{role:?} {status}");
+                assert_eq!(
+                    attr(&span, "error.type"),
+                    Some(&status.to_string().into()),
+                    "{role:?} {status}"
+                );
+            } else {
+                assert_eq!(span.status, Status::Unset, "{role:?} {status}");
+                assert_eq!(attr(&span, "error.type"), None);
+            }
+        }
+    }
+
+    #[test]
+    fn monotonic_times_map_to_wall_clock() {
+        let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let clock = MonoToUnix::from_readings(3_000_000_000, at);
+        assert_eq!(clock.to_system_time(3_000_000_000), at);
+        assert_eq!(
+            clock.to_system_time(3_000_000_001),
+            at + Duration::from_nanos(1)
+        );
+        assert_eq!(clock.to_system_time(0), at - Duration::from_secs(3));
+        // A monotonic time before 1970 (nonsense readings) is clamped, not a panic.
+        let odd = MonoToUnix::from_readings(u64::MAX, UNIX_EPOCH);
+        assert_eq!(odd.to_system_time(0), UNIX_EPOCH);
+        let before = MonoToUnix::from_readings(0, UNIX_EPOCH - Duration::from_secs(1));
+        assert_eq!(before.to_system_time(0), UNIX_EPOCH);
+    }
+
+    #[test]
+    fn pending_clients_are_claimed_by_the_enclosing_server_on_their_thread() {
+        let mut p = PendingClients::new(Duration::from_secs(2), 10);
+        p.push((1, 1), 100, 200, "a").unwrap();
+        p.push((1, 1), 300, 400, "b").unwrap();
+        p.push((1, 2), 150, 250, "other thread").unwrap();
+        p.push((2, 1), 150, 250, "other process").unwrap();
+        p.push((1, 1), 5_000, 6_000, "later").unwrap();
+        let mut out = Vec::new();
+        p.claim((1, 1), 90, 1_000, &mut out);
+        assert_eq!(out, ["a", "b"]);
+        assert_eq!(p.len(), 3);
+        out.clear();
+        // The window is inclusive at both ends.
+        p.claim((1, 1), 5_000, 5_000, &mut out);
+        assert_eq!(out, ["later"]);
+        out.clear();
+        p.claim((1, 1), 0, u64::MAX, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(p.len(), 2);
+    }
+
+    #[test]
+    fn pending_clients_expire_after_the_wait_and_are_bounded() {
+        let wait = Duration::from_secs(2);
+        let mut p = PendingClients::new(wait, 3);
+        p.push((1, 1), 0, 1_000, 1).unwrap();
+        p.push((1, 2), 0, 500, 2).unwrap();
+        p.push((1, 1), 0, 3_000, 3).unwrap();
+        assert_eq!(p.push((1, 3), 0, 10, 4), Err(4), "full");
+        let mut out = Vec::new();
+        p.expire(2_000_000_499, &mut out);
+        assert!(out.is_empty());
+        p.expire(2_000_001_000, &mut out);
+        assert_eq!(out, [2, 1], "oldest expiry first");
+        assert_eq!(p.len(), 1);
+        p.push((1, 3), 0, 10, 4).expect("room again");
+        // Claimed items do not expire later.
+        p.claim((1, 3), 0, 10, &mut out);
+        assert_eq!(out, [2, 1, 4]);
+        out.clear();
+        p.drain(&mut out);
+        assert_eq!(out, [3]);
+        assert!(p.is_empty());
+        assert!(p.by_thread.is_empty(), "no empty per-thread lists left");
+
+        for (wait, max) in [(Duration::ZERO, 10), (wait, 0)] {
+            let mut off = PendingClients::new(wait, max);
+            assert!(!off.enabled());
+            assert_eq!(off.push((1, 1), 0, 1, 9), Err(9));
+        }
+    }
+
+    #[test]
+    fn pending_clients_stay_bounded_under_churn() {
+        let mut p = PendingClients::new(Duration::from_nanos(100), 64);
+        let mut out = Vec::new();
+        let mut rejected = 0;
+        for i in 0..100_000u64 {
+            let key = ((i % 7) as u32, (i % 13) as u32);
+            if p.push(key, i, i, i).is_err() {
+                rejected += 1;
+            }
+            if i % 3 == 0 {
+                p.claim(key, i.saturating_sub(5), i, &mut out);
+            }
+            p.expire(i.saturating_sub(50), &mut out);
+            assert!(p.len() <= 64);
+            assert_eq!(p.len(), p.by_thread.values().map(Vec::len).sum::<usize>());
+        }
+        p.drain(&mut out);
+        assert_eq!(out.len() + rejected, 100_000, "every item comes out once");
+    }
+
+    #[test]
+    fn groups_by_workload_in_first_seen_order() {
+        let ids = Counting::default();
+        let d = decide(&pb_ratio(1.0), &ids, Parent::Root, SpanKind::Server);
+        let clock = MonoToUnix::from_readings(0, UNIX_EPOCH);
+        let span = |w: &str| AgentSpan {
+            workload: w.into(),
+            data: build_span(&call(Role::Server, 200), &d, clock, &scope()),
+        };
+        let groups = group_by_workload(vec![span("b"), span("a"), span("b"), span("c")]);
+        let shape: Vec<(&str, usize)> = groups.iter().map(|(w, s)| (&**w, s.len())).collect();
+        assert_eq!(shape, [("b", 2), ("a", 1), ("c", 1)]);
+    }
+
+    #[test]
+    fn otel_pairs_are_parsed_and_percent_decoded() {
+        assert_eq!(
+            parse_otel_pairs(" a=1 , b = x%20y%2Cz ,, c=%zz%4 ").unwrap(),
+            [
+                ("a".to_owned(), "1".to_owned()),
+                ("b".to_owned(), "x y,z".to_owned()),
+                ("c".to_owned(), "%zz%4".to_owned()),
+            ]
+        );
+        assert_eq!(
+            parse_otel_pairs("authorization=Bearer%20abc=").unwrap(),
+            [("authorization".to_owned(), "Bearer abc=".to_owned())]
+        );
+        assert!(parse_otel_pairs("").unwrap().is_empty());
+        assert!(parse_otel_pairs("a=1,novalue").is_err());
+        assert!(parse_otel_pairs("=1").is_err());
+    }
+
+    #[test]
+    fn resource_is_per_workload_with_env_winning() {
+        let get = |r: &Resource, k: &str| r.get(&opentelemetry::Key::from(k.to_owned()));
+        let base = ResourceBase::new(Some("node-1"), Some("node-1.k8s"));
+        let r = base.for_workload("api");
+        assert_eq!(get(&r, "service.name"), Some("api".into()));
+        assert_eq!(get(&r, "host.name"), Some("node-1".into()));
+        assert_eq!(get(&r, "k8s.node.name"), Some("node-1.k8s".into()));
+        assert_eq!(r.len(), 3);
+
+        let (env, err) = base.clone().with_env(
+            None,
+            Some("deployment.environment.name=prod,host.name=override,service.name=from-attrs"),
+        );
+        assert_eq!(err, None);
+        let r = env.for_workload("api");
+        assert_eq!(get(&r, "deployment.environment.name"), Some("prod".into()));
+        assert_eq!(get(&r, "host.name"), Some("override".into()));
+        assert_eq!(get(&r, "service.name"), Some("from-attrs".into()));
+
+        let (env, _) = base
+            .clone()
+            .with_env(Some("svc"), Some("service.name=from-attrs"));
+        assert_eq!(
+            get(&env.for_workload("api"), "service.name"),
+            Some("svc".into()),
+            "OTEL_SERVICE_NAME wins over OTEL_RESOURCE_ATTRIBUTES"
+        );
+
+        let (env, err) = base.clone().with_env(Some(""), Some("a=1,broken"));
+        assert!(err.expect("an error").contains("OTEL_RESOURCE_ATTRIBUTES"));
+        assert_eq!(env, base, "a malformed variable is ignored as a whole");
+    }
+}
