@@ -106,6 +106,7 @@ impl Agent {
         telemetry: Telemetry,
         collector: Arc<SnapshotCollector>,
         health: Arc<Health>,
+        spans: Option<crate::aggregate::http::SpanSetup>,
     ) -> Result<Self, ProbeError> {
         let own_tgid = std::process::id();
         // Offsets must be known before load: they are patched into the object.
@@ -201,15 +202,21 @@ impl Agent {
         };
 
         let http = match &http_events {
-            Some(_) => Some(crate::aggregate::http::HttpPipeline::new(
-                cfg.http.max_connections,
-                crate::http::route::RouteTable::new(&cfg.http.routes)
-                    .map_err(ProbeError::Config)?,
-                crate::http::tenant::TenantResolver::new(&cfg.http.tenant)
-                    .map_err(ProbeError::Config)?,
-                cfg.http.max_series,
-                telemetry.http.clone(),
-            )),
+            Some(_) => {
+                let p = crate::aggregate::http::HttpPipeline::new(
+                    cfg.http.max_connections,
+                    crate::http::route::RouteTable::new(&cfg.http.routes)
+                        .map_err(ProbeError::Config)?,
+                    crate::http::tenant::TenantResolver::new(&cfg.http.tenant)
+                        .map_err(ProbeError::Config)?,
+                    cfg.http.max_series,
+                    telemetry.http.clone(),
+                );
+                Some(match spans {
+                    Some(setup) => p.with_spans(setup),
+                    None => p,
+                })
+            }
             None => None,
         };
 
@@ -287,10 +294,20 @@ impl Agent {
             };
             match wake {
                 Wake::Stop => break,
-                Wake::Events => self.drain_events(),
+                Wake::Events => {
+                    self.drain_events();
+                    // Releases client exchanges whose wait for a parent server span is over.
+                    if let Some(p) = self.http.as_mut() {
+                        p.tick(crate::otlp::monotonic_now_ns());
+                    }
+                }
                 Wake::Read => self.read_cycle(),
                 Wake::Rescan => self.rescan(false),
             }
+        }
+        self.drain_events();
+        if let Some(p) = self.http.as_mut() {
+            p.flush_pending();
         }
         tracing::info!("detaching probes");
     }

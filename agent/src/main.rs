@@ -5,8 +5,10 @@ use std::{process::ExitCode, sync::Arc, time::Duration};
 use clap::Parser as _;
 use tenantscope_agent::{
     agent::{Agent, Health},
+    aggregate::http::SpanSetup,
     config::{Cli, Config, LogFormat},
-    server,
+    otlp, server,
+    spans::SpanOptions,
     telemetry::{SnapshotCollector, Telemetry},
 };
 use tokio::sync::watch;
@@ -56,14 +58,36 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     })?;
     let telemetry = Telemetry::default();
     let collector = Arc::new(SnapshotCollector::default());
-    let registry = Arc::new(telemetry.register(collector.clone()));
+    let mut registry = telemetry.register(collector.clone());
+    let span_metrics = otlp::SpanMetrics::default();
+    span_metrics.register(&mut registry);
+    let registry = Arc::new(registry);
     // Stalled if the loop has not turned for 3 read intervals (it also turns on every poll).
     let health = Arc::new(Health::new(
         cfg.syscalls.read_interval * 3 + Duration::from_secs(5),
     ));
 
-    let agent = Agent::start(cfg.clone(), telemetry, collector, health.clone())?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Spans: the export task runs beside the agent; the agent's HTTP pipeline feeds it.
+    let (spans, exporter) = if cfg.otlp.enabled && cfg.http.enabled {
+        let host = hostname();
+        let node = std::env::var("NODE_NAME").ok();
+        let resource = otlp::resource_from_env(host.as_deref(), node.as_deref());
+        let (sink, task) = otlp::start(&cfg.otlp, resource, span_metrics.clone());
+        // It stops when the agent, and with it the last sink, is dropped: the agent flushes its
+        // pending spans into the queue first, and the task exports them before ending.
+        let handle = tokio::spawn(task.run(std::future::pending()));
+        let setup = SpanSetup {
+            options: SpanOptions::from_config(&cfg.otlp),
+            metrics: span_metrics.clone(),
+            sink: Some(sink),
+            clock: otlp::mono_to_unix_now(),
+        };
+        (Some(setup), Some(handle))
+    } else {
+        (None, None)
+    };
+    let agent = Agent::start(cfg.clone(), telemetry, collector, health.clone(), spans)?;
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(server::serve(
         listener,
@@ -92,12 +116,28 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     }
     let _ = stop_tx.send(true);
+    if let Some(handle) = exporter {
+        // The agent (and with it the span sink) is gone: the task flushes what is queued.
+        let deadline = cfg.otlp.timeout * 2 + Duration::from_secs(1);
+        if tokio::time::timeout(deadline, handle).await.is_err() {
+            tracing::warn!(
+                "span export did not finish within {deadline:?}; remaining spans dropped"
+            );
+        }
+    }
     server
         .await
         .context("metrics server task")?
         .context("metrics server")?;
     tracing::info!("stopped; all probes detached");
     Ok(())
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
 }
 
 async fn shutdown_signal() -> &'static str {
