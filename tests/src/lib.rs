@@ -321,6 +321,19 @@ fn parse_value(v: &str) -> Option<f64> {
     }
 }
 
+/// Python with PyPI `opentelemetry-proto`, the independent OTLP decoder (`cargo xtask setup`
+/// installs it). Panics with the fix when missing: nothing may skip where setup ran.
+pub fn py_otlp() -> PathBuf {
+    let home = std::env::var_os("HOME").expect("HOME");
+    let python = PathBuf::from(home).join(".cache/tenantscope/pyotel/bin/python");
+    assert!(
+        python.exists(),
+        "{} missing: run `cargo xtask setup` (installs the OTLP decoder venv)",
+        python.display()
+    );
+    python
+}
+
 /// Runs the load generator (file name = comm) to completion.
 pub fn run_load(bin: &std::path::Path, args: &[&str]) {
     let status = Command::new(bin).args(args).status().expect("spawn load");

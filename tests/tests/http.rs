@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use tenantscope_tests::{Agent, Metrics, privileged};
+use tenantscope_tests::{Agent, Metrics, privileged, py_otlp};
 
 const SERVER: &str = r#"
 import http.server, socketserver, sys
@@ -118,4 +118,191 @@ fn http_red_metrics_per_tenant_exact() {
         ),
         "no exemplar"
     );
+}
+
+/// An OTLP/HTTP receiver that decodes with PyPI `opentelemetry-proto` (independent of the
+/// agent's Rust encoder) and prints one JSON line per span.
+const RECEIVER: &str = r#"
+import http.server, json, sys
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as ts
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        req = ts.ExportTraceServiceRequest.FromString(body)
+        for rs in req.resource_spans:
+            res = {a.key: a.value.string_value for a in rs.resource.attributes}
+            for ss in rs.scope_spans:
+                for sp in ss.spans:
+                    attrs = {a.key: a.value.string_value or a.value.int_value for a in sp.attributes}
+                    print(json.dumps({"service": res.get("service.name"), "name": sp.name,
+                        "kind": sp.kind, "trace_id": sp.trace_id.hex(), "span_id": sp.span_id.hex(),
+                        "parent": sp.parent_span_id.hex(), "status": sp.status.code,
+                        "tenant": attrs.get("tenant.id"), "path": attrs.get("url.path"),
+                        "code": attrs.get("http.response.status_code")}), flush=True)
+        out = ts.ExportTraceServiceResponse().SerializeToString()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
+/// Valid, invalid and missing traceparent; tenants by header and by Host subdomain.
+const TRACED_CLIENT: &str = r#"
+import http.client, sys
+port = int(sys.argv[1])
+def get(path, headers):
+    c = http.client.HTTPConnection("127.0.0.1", port)
+    c.request("GET", path, headers=headers)
+    r = c.getresponse(); r.read(); c.close()
+valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+invalid = "ff-5bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+get("/status/200", {"X-Tenant-ID": "acme", "traceparent": valid})
+get("/status/503", {"X-Tenant-ID": "globex", "traceparent": invalid})
+get("/status/404", {"Host": "initech.platform.example"})
+"#;
+
+const STATUS_UNSET: i64 = 0;
+const STATUS_ERROR: i64 = 2;
+
+#[derive(Debug)]
+struct Span {
+    name: String,
+    kind: i64,
+    trace_id: String,
+    parent: String,
+    status: i64,
+    tenant: String,
+}
+
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    // The receiver prints flat JSON with string or integer values and no nested quotes.
+    let k = format!("\"{key}\": ");
+    let rest = &line[line.find(&k).map_or(line.len(), |i| i + k.len())..];
+    match rest.strip_prefix('"') {
+        Some(s) => &s[..s.find('"').unwrap_or(s.len())],
+        None => &rest[..rest.find([',', '}']).unwrap_or(rest.len())],
+    }
+}
+
+#[test]
+fn http_spans_reach_an_otlp_receiver_decoded_independently() {
+    if !privileged("http_spans_reach_an_otlp_receiver_decoded_independently") {
+        return;
+    }
+    let mut receiver = Command::new(py_otlp())
+        .args(["-c", RECEIVER])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("receiver");
+    let mut out = BufReader::new(receiver.stdout.take().expect("piped"));
+    let mut port = String::new();
+    out.read_line(&mut port).expect("receiver port");
+    let endpoint = format!("http://127.0.0.1:{}", port.trim());
+    let config = std::env::temp_dir().join(format!("ts-http-spans-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        "[[http.tenant.sources]]\nsource = \"header\"\nname = \"X-Tenant-ID\"\n\n\
+         [[http.tenant.sources]]\nsource = \"host_subdomain\"\ndomains = [\"platform.example\"]\n\n\
+         [otlp]\nbatch_timeout = \"100ms\"\n",
+    )
+    .expect("config");
+    let mut agent = Agent::start(&[
+        "-c",
+        config.to_str().expect("utf-8"),
+        "--otlp-protocol",
+        "http/protobuf",
+        "--otlp-endpoint",
+        &endpoint,
+    ]);
+    let mut server = Command::new("python3")
+        .args(["-c", SERVER])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    BufReader::new(server.stdout.as_mut().expect("piped"))
+        .read_line(&mut line)
+        .expect("port");
+    let status = Command::new("python3")
+        .args(["-c", TRACED_CLIENT, line.trim()])
+        .status()
+        .expect("client");
+    assert!(status.success());
+    // SIGTERM flushes pending spans; then the receiver has everything.
+    assert!(agent.stop().success(), "{}", agent.log_text());
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).expect("receiver output");
+    let spans: Vec<Span> = rest
+        .lines()
+        .filter(|l| field(l, "service") == "python3")
+        .map(|l| Span {
+            name: field(l, "name").to_owned(),
+            kind: field(l, "kind").parse().unwrap_or(-1),
+            trace_id: field(l, "trace_id").to_owned(),
+            parent: field(l, "parent").to_owned(),
+            status: field(l, "status").parse().unwrap_or(-1),
+            tenant: field(l, "tenant").to_owned(),
+        })
+        .collect();
+    const SERVER_KIND: i64 = 2;
+    const CLIENT_KIND: i64 = 3;
+    // Server and client are both `python3`: the kind tells their spans apart.
+    let of = |t: &str, kind: i64| -> Vec<&Span> {
+        spans
+            .iter()
+            .filter(|s| s.tenant == t && s.kind == kind)
+            .collect()
+    };
+    let (acme, globex, initech) = (
+        of("acme", SERVER_KIND),
+        of("globex", SERVER_KIND),
+        of("initech", SERVER_KIND),
+    );
+    assert_eq!(
+        (acme.len(), globex.len(), initech.len()),
+        (1, 1, 1),
+        "one server span per request: {spans:#?}\n{rest}"
+    );
+    // The client propagated the valid traceparent itself: its span joins that trace too.
+    let acme_client = of("acme", CLIENT_KIND);
+    assert_eq!(acme_client.len(), 1, "{spans:#?}");
+    assert_eq!(acme_client[0].trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(
+        of("globex", CLIENT_KIND)[0].status,
+        STATUS_ERROR,
+        "5xx is an error on client spans"
+    );
+    assert_eq!(
+        of("initech", CLIENT_KIND)[0].status,
+        STATUS_ERROR,
+        "4xx is an error on client spans"
+    );
+    // A valid traceparent: the caller's trace, the caller's span as parent.
+    assert_eq!(acme[0].trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(acme[0].parent, "00f067aa0ba902b7");
+    assert_eq!((acme[0].kind, acme[0].status), (SERVER_KIND, STATUS_UNSET));
+    assert_eq!(acme[0].name, "GET /status/{id}");
+    // An invalid one (version ff) is ignored: a new root trace, not the invalid id.
+    assert_eq!(globex[0].parent, "");
+    assert_ne!(globex[0].trace_id, "5bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(globex[0].trace_id.len(), 32);
+    assert_eq!(
+        globex[0].status, STATUS_ERROR,
+        "5xx is an error on server spans"
+    );
+    // None: a new root; 4xx is not an error on server spans; tenant from the Host subdomain.
+    assert_eq!(initech[0].parent, "");
+    assert_eq!(initech[0].status, STATUS_UNSET);
+    assert_ne!(initech[0].trace_id, globex[0].trace_id);
+    let _ = std::fs::remove_file(config);
 }

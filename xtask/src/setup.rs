@@ -32,7 +32,13 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     // Scrapes /metrics, /healthz and /readyz in tests and by hand.
     "curl",
+    // `python3 -m venv` for the independent OTLP decoder (Debian's python3 needs it).
+    "python3-venv",
 ];
+
+/// The independent OTLP decoder the span tests use: PyPI `opentelemetry-proto` in a venv under
+/// the cache directory (pinned, so a new upstream release cannot change what the tests decode).
+pub const PY_OTLP_PACKAGES: &[&str] = &["opentelemetry-proto==1.45.2", "protobuf==7.36.2"];
 
 /// Filesystems the agent needs: tracefs (`TracePoint::attach` reads it) and bpffs.
 const MOUNTS: &[Mount] = &[
@@ -87,6 +93,10 @@ pub fn setup() -> anyhow::Result<()> {
         bpf_linker(&toolchain)?,
     );
     report("apt packages".to_owned(), apt_packages(root)?);
+    report(
+        format!("python OTLP decoder ({})", PY_OTLP_PACKAGES.join(", ")),
+        python_otlp()?,
+    );
     for mount in MOUNTS {
         report(
             format!("{} at {}", mount.name, mount.path),
@@ -283,6 +293,45 @@ fn apt_packages(root: bool) -> anyhow::Result<Outcome> {
     util::run(command("apt-get", &["update"]))?;
     util::run(install)?;
     Ok(Outcome::Installed(format!(" ({})", missing.join(", "))))
+}
+
+/// The venv with the test OTLP decoder: `<cache>/pyotel`, as `tests/src/lib.rs` expects it.
+fn py_otlp_venv() -> anyhow::Result<std::path::PathBuf> {
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    Ok(std::path::PathBuf::from(home).join(".cache/tenantscope/pyotel"))
+}
+
+fn python_otlp() -> anyhow::Result<Outcome> {
+    let venv = py_otlp_venv()?;
+    let python = venv.join("bin/python");
+    let check = || {
+        let mut c = Command::new(&python);
+        c.args([
+            "-c",
+            "import opentelemetry.proto.collector.trace.v1.trace_service_pb2",
+        ]);
+        succeeds(c)
+    };
+    if python.exists() && check() {
+        return Ok(Outcome::Present);
+    }
+    util::run(command(
+        "python3",
+        &[
+            std::ffi::OsStr::new("-m"),
+            "venv".as_ref(),
+            venv.as_os_str(),
+        ],
+    ))?;
+    let mut pip = Command::new(venv.join("bin/pip"));
+    pip.args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(PY_OTLP_PACKAGES);
+    util::run(pip)?;
+    anyhow::ensure!(
+        check(),
+        "the OTLP decoder does not import after installing it"
+    );
+    Ok(Outcome::Installed(format!(" ({})", venv.display())))
 }
 
 fn mounted(mount: &Mount, root: bool) -> anyhow::Result<Outcome> {
