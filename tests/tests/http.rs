@@ -306,3 +306,85 @@ fn http_spans_reach_an_otlp_receiver_decoded_independently() {
     assert_ne!(initech[0].trace_id, globex[0].trace_id);
     let _ = std::fs::remove_file(config);
 }
+
+/// nginx (one worker, its own config and prefix in a temp dir) answering by location; the
+/// client makes keep-alive and fresh requests for three tenants.
+#[test]
+fn http_nginx_server_counts_per_tenant_and_status() {
+    if !privileged("http_nginx_server_counts_per_tenant_and_status") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("ts-nginx-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("logs")).expect("nginx dir");
+    let port = tenantscope_tests::free_port();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nerror_log {d}/logs/error.log;\npid {d}/nginx.pid;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+         fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+         server {{\n  listen 127.0.0.1:{port};\n\
+          location = /api/items/1 {{ return 200 \"ok\"; }}\n\
+          location = /api/items/2 {{ return 404; }}\n\
+          location = /api/items/3 {{ return 500; }}\n }}\n}}\n",
+        d = dir.display()
+    );
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf).expect("nginx.conf");
+    let agent = Agent::start(&[]);
+    let mut nginx = Command::new("nginx")
+        .args(["-c", conf_path.to_str().expect("utf-8"), "-p"])
+        .arg(&dir)
+        .spawn()
+        .expect("nginx (cargo xtask setup installs nginx-light)");
+    let client = format!(
+        r#"
+import http.client, time
+for _ in range(50):
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", {port}); c.connect(); c.close(); break
+    except OSError:
+        time.sleep(0.1)
+keep = http.client.HTTPConnection("127.0.0.1", {port})
+for t in ("acme", "globex", "initech"):
+    for i, code in ((1, 200), (2, 404), (3, 500)):
+        for conn in (keep, None):
+            c = conn or http.client.HTTPConnection("127.0.0.1", {port})
+            c.request("GET", f"/api/items/{{i}}?token=abc", headers={{"X-Tenant-ID": t}})
+            r = c.getresponse(); r.read(); assert r.status == code, (r.status, code)
+            if conn is None: c.close()
+"#
+    );
+    let status = Command::new("python3")
+        .args(["-c", &client])
+        .status()
+        .expect("client");
+    let count = |m: &Metrics, t: &str, code: &str| {
+        m.sum(
+            "http_server_request_duration_seconds_count",
+            &[
+                ("tenant", t),
+                ("http_response_status_code", code),
+                ("http_route", "/api/items/{id}"),
+                ("workload", "nginx"),
+            ],
+        )
+    };
+    let tenants = ["acme", "globex", "initech"];
+    let codes = ["200", "404", "500"];
+    let m = agent.wait_metrics(Duration::from_secs(15), |m| {
+        tenants
+            .iter()
+            .all(|t| codes.iter().all(|c| count(m, t, c) >= 2.0))
+    });
+    let _ = nginx.kill();
+    let _ = nginx.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(status.success(), "client: {status}");
+    for t in tenants {
+        for c in codes {
+            // The connectivity probe before the requests is not HTTP: only the 2 requests count.
+            assert_eq!(count(&m, t, c), 2.0, "nginx {t} {c}\n{}", agent.log_text());
+        }
+    }
+    assert!(!m.raw.contains("token=abc"), "a query string was exported");
+}

@@ -34,6 +34,9 @@ const APT_PACKAGES: &[&str] = &[
     "curl",
     // `python3 -m venv` for the independent OTLP decoder (Debian's python3 needs it).
     "python3-venv",
+    // A real HTTP server for the http probe's tests, and the load generator of its benchmark.
+    "nginx-light",
+    "wrk",
 ];
 
 /// The independent OTLP decoder the span tests use: PyPI `opentelemetry-proto` in a venv under
