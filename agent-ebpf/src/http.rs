@@ -7,7 +7,7 @@
 //! both timestamps) goes to userspace.
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::BPF_RB_AVAIL_DATA,
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_buf, bpf_probe_read_user,
         bpf_probe_read_user_buf,
@@ -139,7 +139,14 @@ pub fn on_enter(regs: u64, nr: i64) {
         _ => {}
     }
     let p = PendingIo { buf, len, fd, op };
-    let _ = HTTP_PENDING.insert(id as u32, p, 0);
+    // Overwrite in place when the thread has an entry: a lookup is cheaper than an insert.
+    match HTTP_PENDING.get_ptr_mut(id as u32) {
+        // SAFETY: live map value of this thread.
+        Some(slot) => unsafe { *slot = p },
+        None => {
+            let _ = HTTP_PENDING.insert(id as u32, p, 0);
+        }
+    }
 }
 
 /// At syscall exit: tracks accepted/connected sockets, looks at the bytes moved on them.
@@ -166,12 +173,16 @@ pub fn on_exit(regs: u64, ret: i64) {
     }
     let id = bpf_get_current_pid_tgid();
     let tid = id as u32;
-    let Some(p) = HTTP_PENDING.get_ptr(tid) else {
+    let Some(slot) = HTTP_PENDING.get_ptr_mut(tid) else {
         return;
     };
-    // SAFETY: live map value.
-    let p = unsafe { *p };
-    let _ = HTTP_PENDING.remove(tid);
+    // SAFETY: live map value of this thread; consumed by clearing `op` (no delete: the next
+    // syscall of the thread overwrites it).
+    let p = unsafe {
+        let p = *slot;
+        (*slot).op = 0;
+        p
+    };
     let tgid = (id >> 32) as u32;
     match p.op {
         OP_ACCEPT if ret >= 0 => track(tgid, ret as u32, ROLE_SERVER),
@@ -306,15 +317,19 @@ fn on_data(tgid: u32, tid: u32, fd: u32, inbound: bool, buf: u64, n: u64) {
                 (*s).req_ts_ns = bpf_ktime_get_ns();
                 (*s).req_len = 0;
             }
-            let Some(zero) = HTTP_SCRATCH.get_ptr(0) else {
-                return;
-            };
-            // SAFETY: a valid map value pointer of the right type. Passed by reference on
-            // purpose: a copy would put 2 KiB on the 512-byte BPF stack.
-            #[allow(clippy::needless_borrows_for_generic_args)]
-            let inserted = HTTP_STASH.insert(key, unsafe { &*zero }, 0);
-            if inserted.is_err() {
-                return;
+            // A keep-alive connection reuses its stash (`req_len` says what is valid): an
+            // insert copies 2 KiB and takes the LRU lock, per request otherwise.
+            if HTTP_STASH.get_ptr(key).is_none() {
+                let Some(zero) = HTTP_SCRATCH.get_ptr(0) else {
+                    return;
+                };
+                // SAFETY: a valid map value pointer of the right type. Passed by reference on
+                // purpose: a copy would put 2 KiB on the 512-byte BPF stack.
+                #[allow(clippy::needless_borrows_for_generic_args)]
+                let inserted = HTTP_STASH.insert(key, unsafe { &*zero }, 0);
+                if inserted.is_err() {
+                    return;
+                }
             }
         }
         // SAFETY: as above.
@@ -348,7 +363,6 @@ fn on_data(tgid: u32, tid: u32, fd: u32, inbound: bool, buf: u64, n: u64) {
         };
     }
     emit(key, conn_id, req_ts, req_len, tid, role, buf, n);
-    let _ = HTTP_STASH.remove(key);
 }
 
 /// Appends up to the capture window of `n` user bytes at `buf` to the stash; returns how many.
@@ -428,10 +442,10 @@ fn emit(key: FdKey, conn_id: u64, req_ts: u64, req_len: u16, tid: u32, role: u8,
             (*ev).resp_len = resp_len as u16;
         }
     }
-    let flags = if HTTP_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
-    entry.submit(u64::from(flags));
+    let queued = HTTP_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    entry.submit(crate::wakeup_flags(
+        queued,
+        core::mem::size_of::<HttpEvent>() as u64,
+        WAKEUP_BYTES,
+    ));
 }

@@ -54,6 +54,20 @@ pub(crate) unsafe fn atomic_add(dst: *mut u64, v: u64) {
     }
 }
 
+/// Submit flags that wake a ring buffer's consumer once per batch: only the record that takes
+/// the queued bytes (`queued`, read after reserving `record` bytes) across `threshold` forces a
+/// wakeup. Beyond it the consumer is awake already or its poll timer is due; forcing a wakeup
+/// per record while it catches up costs ~1.5 µs each on the producer (performance.md).
+#[inline(always)]
+fn wakeup_flags(queued: u64, record: u64, threshold: u64) -> u64 {
+    use aya_ebpf::bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
+    if queued >= threshold && queued < threshold + record {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    }
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

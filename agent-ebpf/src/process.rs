@@ -2,7 +2,7 @@
 //! Low volume by nature; wakeups are batched unless the buffer is filling up.
 
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
     },
@@ -84,12 +84,14 @@ fn emit(kind: u32, tgid: u32, ppid: u32) {
     });
     // Exec events wake the consumer at once: it must read /proc/<pid>/cgroup while the process
     // still exists. Fork and exit events can wait for the batch or the consumer's timer.
-    let flags = if kind == EXEC_KIND
-        || PROCESS_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES
-    {
-        BPF_RB_FORCE_WAKEUP
+    let flags = if kind == EXEC_KIND {
+        u64::from(BPF_RB_FORCE_WAKEUP)
     } else {
-        BPF_RB_NO_WAKEUP
+        crate::wakeup_flags(
+            PROCESS_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)),
+            core::mem::size_of::<ProcessEvent>() as u64,
+            WAKEUP_BYTES,
+        )
     };
-    entry.submit(u64::from(flags));
+    entry.submit(flags);
 }

@@ -6,7 +6,7 @@
 //! (at close) and one per listener reach userspace.
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_skc_to_tcp_sock},
     macros::{btf_tracepoint, map},
     maps::{HashMap, LruHashMap, RingBuf},
@@ -487,10 +487,10 @@ fn emit(ev: &TcpEvent) {
     };
     entry.write(*ev);
     // Nothing here is urgent: wake the consumer only when a batch has built up.
-    let flags = if TCP_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_BYTES {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
-    entry.submit(u64::from(flags));
+    let queued = TCP_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    entry.submit(crate::wakeup_flags(
+        queued,
+        core::mem::size_of::<TcpEvent>() as u64,
+        WAKEUP_BYTES,
+    ));
 }
