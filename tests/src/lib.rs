@@ -321,6 +321,34 @@ fn parse_value(v: &str) -> Option<f64> {
     }
 }
 
+/// Runs `promtool check metrics` (apt prometheus) on a classic-text scrape; panics with its
+/// report unless it is clean.
+pub fn assert_promtool_clean(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (apt prometheus) is installed by `cargo xtask setup`");
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics:\n{report}"
+    );
+}
+
 /// Python with PyPI `opentelemetry-proto`, the independent OTLP decoder (`cargo xtask setup`
 /// installs it). Panics with the fix when missing: nothing may skip where setup ran.
 pub fn py_otlp() -> PathBuf {

@@ -3,7 +3,6 @@
 
 use std::{
     collections::BTreeSet,
-    io::Write as _,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -241,29 +240,7 @@ fn agent_metrics_pass_promtool_check_metrics() {
     let m = agent.wait_metrics(Duration::from_secs(10), |m| {
         m.find("tenantscope_syscall_errors_total", &[]).count() > 0
     });
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (apt prometheus) is installed by `cargo xtask setup`");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(m.raw.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool check metrics:\n{report}"
-    );
+    tenantscope_tests::assert_promtool_clean(&m.raw);
 }
 
 /// A real Prometheus scrapes the agent (negotiating OpenMetrics) and can query its series.

@@ -107,6 +107,7 @@ fn http_red_metrics_per_tenant_exact() {
         }
     }
     assert!(!m.raw.contains("hunter2"), "a query string was exported");
+    tenantscope_tests::assert_promtool_clean(&m.raw);
     // Exemplars carry trace ids (OpenMetrics only).
     let (_, om) = agent
         .get_with("/metrics", Some("application/openmetrics-text"))

@@ -716,29 +716,7 @@ fn tcp_promtool_check_metrics_clean() {
         "no tcp metrics to check{}",
         context(&agent, &m, &pair)
     );
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (apt prometheus) is installed by `cargo xtask setup`");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(m.raw.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool check metrics:\n{report}"
-    );
+    tenantscope_tests::assert_promtool_clean(&m.raw);
 }
 
 /// The load itself, without the agent, against the namespaces' own kernel counters: when an
