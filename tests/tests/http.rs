@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use tenantscope_tests::{Agent, Metrics, privileged, py_otlp};
+use tenantscope_tests::{Agent, Metrics, free_port, http_get, privileged, py_otlp};
 
 const SERVER: &str = r#"
 import http.server, socketserver, sys
@@ -388,4 +388,81 @@ for t in ("acme", "globex", "initech"):
         }
     }
     assert!(!m.raw.contains("token=abc"), "a query string was exported");
+}
+
+/// A real Prometheus (apt) with exemplar storage scrapes the agent over OpenMetrics and returns
+/// the trace id of a request as the exemplar of its duration bucket.
+#[test]
+fn http_exemplars_reach_a_real_prometheus() {
+    if !privileged("http_exemplars_reach_a_real_prometheus") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let mut server = Command::new("python3")
+        .args(["-c", SERVER])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    BufReader::new(server.stdout.as_mut().expect("piped"))
+        .read_line(&mut line)
+        .expect("port");
+    let status = Command::new("python3")
+        .args(["-c", TRACED_CLIENT, line.trim()])
+        .status()
+        .expect("client");
+    assert!(status.success());
+    let dir = std::env::temp_dir().join(format!("ts-prom-ex-{}", agent.port));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cfg = dir.join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: agent\n    static_configs: [{{targets: ['127.0.0.1:{}']}}]\n",
+            agent.port
+        ),
+    )
+    .expect("prometheus.yml");
+    let prom_port = free_port();
+    let mut prom = Command::new("prometheus")
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .arg("--enable-feature=exemplar-storage")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus (apt) is installed by `cargo xtask setup`");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let path = format!(
+        "/api/v1/query_exemplars?query=http_server_request_duration_seconds_bucket%7Btenant%3D%22acme%22%7D&start={}&end={}",
+        now - 600,
+        now + 600
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while std::time::Instant::now() < deadline {
+        last = http_get(prom_port, &path, None)
+            .map(|r| r.1)
+            .unwrap_or_default();
+        if last.contains("4bf92f3577b34da6a3ce929d0e0e4736") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = prom.kill();
+    let _ = prom.wait();
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        last.contains("\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\""),
+        "Prometheus has no exemplar with the request's trace id: {last}"
+    );
 }
