@@ -50,13 +50,20 @@ const TENANTS: [&str; 5] = ["acme", "globex", "initech", "umbrella", "hooli"];
 const CODES: [&str; 3] = ["200", "404", "503"];
 
 fn count(m: &Metrics, side: &str, tenant: &str, code: &str) -> f64 {
+    // Server series carry the route as `http_route`; client series as the opt-in
+    // `url_template`, beside the required `server_address`.
+    let route = if side == "server" {
+        "http_route"
+    } else {
+        "url_template"
+    };
     m.sum(
         &format!("http_{side}_request_duration_seconds_count"),
         &[
             ("tenant", tenant),
             ("http_response_status_code", code),
             ("http_request_method", "GET"),
-            ("http_route", "/status/{id}"),
+            (route, "/status/{id}"),
             ("workload", "python3"),
         ],
     )

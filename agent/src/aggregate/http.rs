@@ -47,7 +47,20 @@ pub const WEBSOCKET_BUCKETS: [f64; 9] = [
     1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 43200.0, 86400.0,
 ];
 
-/// Labels of `http_{server,client}_request_duration_seconds` (semconv names, `.` -> `_`).
+/// Labels of `http_client_request_duration_seconds`: semconv requires `server.address` (from
+/// the `Host` header; the port is not known from a captured head); `url_template` is the
+/// opt-in route.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientLabels {
+    pub http_request_method: &'static str,
+    pub http_response_status_code: u16,
+    pub server_address: String,
+    pub tenant: String,
+    pub url_template: String,
+    pub workload: String,
+}
+
+/// Labels of `http_server_request_duration_seconds` (semconv names, `.` -> `_`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RedLabels {
     pub http_request_method: &'static str,
@@ -85,7 +98,7 @@ fn ws_hist() -> Histogram {
 #[derive(Clone, Debug)]
 pub struct HttpMetrics {
     pub server: Family<RedLabels, DurationHist, Ctor>,
-    pub client: Family<RedLabels, DurationHist, Ctor>,
+    pub client: Family<ClientLabels, DurationHist, Ctor>,
     pub ws_active: Family<WsLabels, Gauge>,
     pub ws_duration: Family<WsLabels, Histogram, fn() -> Histogram>,
     /// Requests not counted because `max_series` label sets exist already.
@@ -130,7 +143,8 @@ pub struct HttpPipeline {
     routes: RouteTable,
     tenants: TenantResolver,
     metrics: HttpMetrics,
-    series: HashSet<(&'static str, RedLabels)>,
+    server_series: HashSet<RedLabels>,
+    client_series: HashSet<ClientLabels>,
     max_series: usize,
     ids: RandomIdGenerator,
     sampler: Sampler,
@@ -165,7 +179,8 @@ impl HttpPipeline {
             routes,
             tenants,
             metrics,
-            series: HashSet::new(),
+            server_series: HashSet::new(),
+            client_series: HashSet::new(),
             max_series,
             ids: RandomIdGenerator::default(),
             // No waiting until `with_spans`: client series are recorded at once, as roots.
@@ -439,27 +454,8 @@ impl HttpPipeline {
     }
 
     fn observe(&mut self, call: &HttpCall, d: &TraceDecision) {
-        let labels = RedLabels {
-            http_request_method: call.method.as_str(),
-            http_response_status_code: call.status,
-            http_route: call.route.to_string(),
-            tenant: call.tenant.to_string(),
-            url_scheme: "http",
-            workload: call.workload.to_string(),
-        };
-        let key = (side(call.role), labels);
-        if !self.series.contains(&key) {
-            if self.series.len() >= self.max_series {
-                self.metrics.series_overflow.inc();
-                return;
-            }
-            self.series.insert(key.clone());
-        }
+        let full = self.server_series.len() + self.client_series.len() >= self.max_series;
         let seconds = Duration::from_nanos(call.end_ns.saturating_sub(call.start_ns)).as_secs_f64();
-        let family = match call.role {
-            Role::Server => &self.metrics.server,
-            Role::Client => &self.metrics.client,
-        };
         // Only a sampled span's trace id: an exemplar should lead to a trace that exists (a
         // bucket keeps its previous exemplar otherwise).
         let exemplar = d.sampled.then(|| TraceLabel {
@@ -468,9 +464,39 @@ impl HttpPipeline {
         let at = self
             .clock
             .map_or_else(SystemTime::now, |c| c.to_system_time(call.end_ns));
-        family
-            .get_or_create(&key.1)
-            .observe(seconds, exemplar, Some(at));
+        let hist = match call.role {
+            Role::Server => {
+                let labels = RedLabels {
+                    http_request_method: call.method.as_str(),
+                    http_response_status_code: call.status,
+                    http_route: call.route.to_string(),
+                    tenant: call.tenant.to_string(),
+                    url_scheme: "http",
+                    workload: call.workload.to_string(),
+                };
+                if !admit(&mut self.server_series, &labels, full) {
+                    self.metrics.series_overflow.inc();
+                    return;
+                }
+                self.metrics.server.get_or_create(&labels).clone()
+            }
+            Role::Client => {
+                let labels = ClientLabels {
+                    http_request_method: call.method.as_str(),
+                    http_response_status_code: call.status,
+                    server_address: call.host.clone().unwrap_or_default(),
+                    tenant: call.tenant.to_string(),
+                    url_template: call.route.to_string(),
+                    workload: call.workload.to_string(),
+                };
+                if !admit(&mut self.client_series, &labels, full) {
+                    self.metrics.series_overflow.inc();
+                    return;
+                }
+                self.metrics.client.get_or_create(&labels).clone()
+            }
+        };
+        hist.observe(seconds, exemplar, Some(at));
     }
 
     pub fn stats(&self) -> crate::http::pairing::PairingStats {
@@ -488,6 +514,18 @@ fn reason_label(r: UnpairedReason) -> &'static str {
         UnpairedReason::Evicted => "evicted",
         UnpairedReason::QueueOverflow => "queue_overflow",
     }
+}
+
+/// Whether a label set may count: known already, or new while the cap is not reached.
+fn admit<L: Clone + Eq + std::hash::Hash>(known: &mut HashSet<L>, labels: &L, full: bool) -> bool {
+    if known.contains(labels) {
+        return true;
+    }
+    if full {
+        return false;
+    }
+    known.insert(labels.clone());
+    true
 }
 
 fn side(role: Role) -> &'static str {
