@@ -668,12 +668,20 @@ impl Config {
     }
 
     /// The configuration as a TOML file (what `--check-config` prints); loading it back gives the
-    /// same configuration.
+    /// same configuration, except `otlp.headers` values, which are printed as `<redacted>`.
     pub fn to_toml(&self) -> String {
+        // Header values are usually credentials (`Authorization=Bearer ...`): never printed.
+        let mut shown = self.clone();
+        for v in shown.otlp.headers.values_mut() {
+            *v = REDACTED.to_owned();
+        }
         // Every field is a string, integer, bool or a table of them, all of which TOML can hold.
-        toml::to_string(self).expect("every config field is representable in TOML")
+        toml::to_string(&shown).expect("every config field is representable in TOML")
     }
 }
+
+/// What `--check-config` prints instead of a secret.
+pub const REDACTED: &str = "<redacted>";
 
 fn invalid(field: impl Into<Cow<'static, str>>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -1130,6 +1138,21 @@ fn blame_override(error: ConfigError, cli: &Cli) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_config_output_redacts_otlp_header_values() {
+        let mut c = Config::default();
+        c.otlp
+            .headers
+            .insert("authorization".into(), "Bearer s3cret".into());
+        let out = c.to_toml();
+        assert!(!out.contains("s3cret"), "{out}");
+        assert!(out.contains(REDACTED), "{out}");
+        assert_eq!(
+            c.otlp.headers["authorization"], "Bearer s3cret",
+            "the config itself keeps it"
+        );
+    }
     use clap::{CommandFactory, FromArgMatches, Parser};
 
     const EXAMPLE: &str = include_str!("../tenantscope-agent.example.toml");
