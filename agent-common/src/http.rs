@@ -117,6 +117,9 @@ pub const OP_OUT: u32 = 2;
 pub const OP_ACCEPT: u32 = 3;
 pub const OP_CONNECT: u32 = 4;
 
+/// A record as assembled in the kernel; only its used prefix goes into the ring (see
+/// `HEADER_BYTES`), so `resp` is where the response bytes go only when `req_len` is the whole
+/// window.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct HttpEvent {
@@ -135,7 +138,14 @@ pub struct HttpEvent {
     pub req: [u8; REQ_WINDOW],
     pub resp: [u8; RESP_WINDOW],
 }
-const _: () = assert!(core::mem::size_of::<HttpEvent>() == 56 + REQ_WINDOW + RESP_WINDOW);
+const _: () = assert!(core::mem::size_of::<HttpEvent>() == HEADER_BYTES + REQ_WINDOW + RESP_WINDOW);
+
+/// Bytes of `HttpEvent` before `req`. Records are sent at their used length: these header
+/// bytes, then `req_len` request bytes, then `resp_len` response bytes right after them.
+pub const HEADER_BYTES: usize = 56;
+const _: () = assert!(core::mem::offset_of!(HttpEvent, req) == HEADER_BYTES);
+// The kernel masks record lengths with 2047 so the verifier can bound them.
+const _: () = assert!(core::mem::size_of::<HttpEvent>() < 2048);
 
 #[cfg(feature = "user")]
 mod user {

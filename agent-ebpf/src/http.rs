@@ -18,9 +18,9 @@ use aya_ebpf::{
 use tenantscope_agent_common::{
     counters,
     http::{
-        EXCHANGE_KIND, FdKey, HttpConfig, HttpEvent, OP_ACCEPT, OP_CONNECT, OP_IN, OP_OUT,
-        PendingIo, REQ_WINDOW, RESP_WINDOW, ROLE_CLIENT, ROLE_SERVER, STATE_IDLE, STATE_REQUEST,
-        STATE_RESPONSE, STATE_UPGRADED, SockState, Stash, UPGRADED_CLOSE_KIND,
+        EXCHANGE_KIND, FdKey, HEADER_BYTES, HttpConfig, HttpEvent, OP_ACCEPT, OP_CONNECT, OP_IN,
+        OP_OUT, PendingIo, REQ_WINDOW, RESP_WINDOW, ROLE_CLIENT, ROLE_SERVER, STATE_IDLE,
+        STATE_REQUEST, STATE_RESPONSE, STATE_UPGRADED, SockState, Stash, UPGRADED_CLOSE_KIND,
     },
 };
 
@@ -64,6 +64,11 @@ static HTTP_PENDING: LruHashMap<u32, PendingIo> = LruHashMap::with_max_entries(1
 /// Zeroed stash template (a map value, because 2 KiB does not fit on the BPF stack).
 #[map]
 static HTTP_SCRATCH: PerCpuArray<Stash> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where a record is assembled before its used prefix is copied into the ring (records are
+/// mostly far smaller than the windows: a whole-window reservation would waste the ring).
+#[map]
+static HTTP_RECORD: PerCpuArray<HttpEvent> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static HTTP_EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
@@ -244,14 +249,11 @@ fn on_close(fd: u32) {
     let _ = HTTP_SOCKS.remove(key);
     let _ = HTTP_STASH.remove(key);
     if s.state == STATE_UPGRADED {
-        let Some(mut entry) = HTTP_EVENTS.reserve::<HttpEvent>(0) else {
-            count(counters::HTTP_EVENTS_DROPPED);
+        let Some(ev) = HTTP_RECORD.get_ptr_mut(0) else {
             return;
         };
-        // SAFETY: the reserved record is written field by field; bulk arrays stay as reserved
-        // (userspace reads req_len/resp_len bytes only, both 0 here).
+        // SAFETY: this CPU's scratch record, used only within this program run.
         unsafe {
-            let ev = entry.as_mut_ptr();
             (*ev).header.kind = UPGRADED_CLOSE_KIND;
             (*ev).header._pad = 0;
             (*ev).header.ts_ns = bpf_ktime_get_ns();
@@ -264,7 +266,24 @@ fn on_close(fd: u32) {
             (*ev).req_len = 0;
             (*ev).resp_len = 0;
         }
-        entry.submit(0);
+        send(ev, HEADER_BYTES);
+    }
+}
+
+/// Copies the first `len` bytes of the assembled record into the ring.
+#[inline(always)]
+fn send(ev: *mut HttpEvent, len: usize) {
+    // A power-of-two mask the verifier can follow (the record is 1336 bytes).
+    let len = len & (2048 - 1);
+    if len < HEADER_BYTES || len > size_of::<HttpEvent>() {
+        return;
+    }
+    let queued = HTTP_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) + len as u64;
+    // SAFETY: `len` is within the record, a live per-CPU map value.
+    let bytes = unsafe { core::slice::from_raw_parts(ev as *const u8, len) };
+    let flags = crate::wakeup_flags(queued, len as u64, WAKEUP_BYTES);
+    if HTTP_EVENTS.output::<[u8]>(bytes, flags).is_err() {
+        count(counters::HTTP_EVENTS_DROPPED);
     }
 }
 
@@ -398,16 +417,16 @@ fn stash(key: FdKey, have: u64, buf: u64, n: u64) -> u64 {
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn emit(key: FdKey, conn_id: u64, req_ts: u64, req_len: u16, tid: u32, role: u8, buf: u64, n: u64) {
-    let Some(mut entry) = HTTP_EVENTS.reserve::<HttpEvent>(0) else {
-        count(counters::HTTP_EVENTS_DROPPED);
+    let Some(ev) = HTTP_RECORD.get_ptr_mut(0) else {
         return;
     };
     let resp_cap = u64::from(config().resp_capture).min(RESP_WINDOW as u64);
     let resp_len = (if n < resp_cap { n } else { resp_cap } as usize) & (2 * RESP_WINDOW - 1);
     let req_len = (req_len as usize) & (2 * REQ_WINDOW - 1);
-    // SAFETY: the reserved record is written in place (it is too large for the stack).
+    let mut used = 0usize;
+    // SAFETY: this CPU's scratch record, used only within this program run; every copy is
+    // bounded inside it (request bytes <= REQ_WINDOW, then response bytes <= RESP_WINDOW).
     unsafe {
-        let ev = entry.as_mut_ptr();
         (*ev).header.kind = EXCHANGE_KIND;
         (*ev).header._pad = 0;
         (*ev).header.ts_ns = bpf_ktime_get_ns();
@@ -420,32 +439,32 @@ fn emit(key: FdKey, conn_id: u64, req_ts: u64, req_len: u16, tid: u32, role: u8,
         (*ev)._pad = 0;
         (*ev).req_len = 0;
         (*ev).resp_len = 0;
+        let body = (*ev).req.as_mut_ptr();
         if req_len > 0
             && req_len <= REQ_WINDOW
             && let Some(st) = HTTP_STASH.get_ptr(key)
             && bpf_probe_read_kernel_buf(
                 (*st).bytes.as_ptr(),
-                core::slice::from_raw_parts_mut((*ev).req.as_mut_ptr(), req_len),
+                core::slice::from_raw_parts_mut(body, req_len),
             )
             .is_ok()
         {
             (*ev).req_len = req_len as u16;
+            used = req_len;
         }
-        if resp_len > 0
+        // The response bytes follow the request bytes directly.
+        if used <= REQ_WINDOW
+            && resp_len > 0
             && resp_len <= RESP_WINDOW
             && bpf_probe_read_user_buf(
                 buf as *const u8,
-                core::slice::from_raw_parts_mut((*ev).resp.as_mut_ptr(), resp_len),
+                core::slice::from_raw_parts_mut(body.add(used), resp_len),
             )
             .is_ok()
         {
             (*ev).resp_len = resp_len as u16;
+            used += resp_len;
         }
     }
-    let queued = HTTP_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
-    entry.submit(crate::wakeup_flags(
-        queued,
-        core::mem::size_of::<HttpEvent>() as u64,
-        WAKEUP_BYTES,
-    ));
+    send(ev, HEADER_BYTES + used);
 }

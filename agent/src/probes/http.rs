@@ -7,7 +7,7 @@ use aya::{
 };
 use syscalls::Sysno;
 use tenantscope_agent_common::http::{
-    EXCHANGE_KIND, HttpConfig, HttpEvent, REQ_WINDOW, RESP_WINDOW, ROLE_CLIENT, ROLE_SERVER,
+    EXCHANGE_KIND, HEADER_BYTES, HttpConfig, REQ_WINDOW, RESP_WINDOW, ROLE_CLIENT, ROLE_SERVER,
     UPGRADED_CLOSE_KIND,
 };
 
@@ -109,6 +109,8 @@ pub enum Record<'a> {
 pub enum DecodeError {
     #[error("record of {got} bytes, expected {expected}")]
     Size { got: usize, expected: usize },
+    #[error("record of {got} bytes does not hold its {req} request and {resp} response bytes")]
+    Truncated { got: usize, req: u16, resp: u16 },
     #[error("unknown record kind {0}")]
     Kind(u32),
     #[error("unknown role {0}")]
@@ -117,13 +119,13 @@ pub enum DecodeError {
     Length(u16),
 }
 
-/// Decodes one record. Pure; never panics on any input.
+/// Decodes one record (its used length: header, request bytes, response bytes). Pure; never
+/// panics on any input.
 pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
-    let expected = size_of::<HttpEvent>();
-    if bytes.len() != expected {
+    if bytes.len() < HEADER_BYTES {
         return Err(DecodeError::Size {
             got: bytes.len(),
-            expected,
+            expected: HEADER_BYTES,
         });
     }
     let u16_at = |o: usize| u16::from_ne_bytes([bytes[o], bytes[o + 1]]);
@@ -147,8 +149,15 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
             if usize::from(resp_len) > RESP_WINDOW {
                 return Err(DecodeError::Length(resp_len));
             }
-            let req_at = 56;
-            let resp_at = req_at + REQ_WINDOW;
+            let resp_at = HEADER_BYTES + usize::from(req_len);
+            let end = resp_at + usize::from(resp_len);
+            if bytes.len() != end {
+                return Err(DecodeError::Truncated {
+                    got: bytes.len(),
+                    req: req_len,
+                    resp: resp_len,
+                });
+            }
             Ok(Record::Exchange {
                 conn,
                 role,
@@ -156,8 +165,8 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
                 tid,
                 req_ts,
                 resp_ts: ts,
-                request: &bytes[req_at..req_at + usize::from(req_len)],
-                response: &bytes[resp_at..resp_at + usize::from(resp_len)],
+                request: &bytes[HEADER_BYTES..resp_at],
+                response: &bytes[resp_at..end],
             })
         }
         k => Err(DecodeError::Kind(k)),
@@ -170,7 +179,9 @@ mod tests {
 
     use super::*;
 
+    /// A record as the kernel sends it: header, request bytes, response bytes right after.
     fn record(kind: u32, role: u8, req: &[u8], resp: &[u8]) -> Vec<u8> {
+        // SAFETY: all-zero is a valid HttpEvent (plain integers and arrays).
         let mut ev: HttpEvent = unsafe { core::mem::zeroed() };
         ev.header.kind = kind;
         ev.header.ts_ns = 900;
@@ -182,11 +193,10 @@ mod tests {
         ev.role = role;
         ev.req_len = req.len() as u16;
         ev.resp_len = resp.len() as u16;
-        ev.req[..req.len()].copy_from_slice(req);
-        ev.resp[..resp.len()].copy_from_slice(resp);
         // SAFETY: plain data viewed as bytes.
-        unsafe { std::slice::from_raw_parts((&raw const ev).cast::<u8>(), size_of::<HttpEvent>()) }
-            .to_vec()
+        let header =
+            unsafe { std::slice::from_raw_parts((&raw const ev).cast::<u8>(), HEADER_BYTES) };
+        [header, req, resp].concat()
     }
 
     #[test]
@@ -220,6 +230,23 @@ mod tests {
     #[test]
     fn rejects_bad_records() {
         assert!(matches!(decode(&[0; 3]), Err(DecodeError::Size { .. })));
+        let mut cut = record(
+            EXCHANGE_KIND,
+            ROLE_SERVER,
+            b"GET / HTTP/1.1",
+            b"HTTP/1.1 200",
+        );
+        cut.pop();
+        assert!(matches!(decode(&cut), Err(DecodeError::Truncated { .. })));
+        // Arbitrary bytes decode or fail, never panic.
+        for len in [56, 57, 100, 1336, 2000] {
+            for seed in 0u8..32 {
+                let junk: Vec<u8> = (0..len)
+                    .map(|i| (i as u8).wrapping_mul(29) ^ seed)
+                    .collect();
+                let _ = decode(&junk);
+            }
+        }
         let mut raw = record(EXCHANGE_KIND, ROLE_SERVER, b"x", b"y");
         raw[46..48].copy_from_slice(&5000u16.to_ne_bytes());
         assert_eq!(decode(&raw), Err(DecodeError::Length(5000)));
