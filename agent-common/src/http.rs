@@ -87,7 +87,9 @@ pub struct SockState {
     pub state: u8,
     /// Bytes stashed for the current request.
     pub req_len: u16,
-    pub _pad: u32,
+    /// `METHODS` index of the current request (server side), 0 if none.
+    pub method: u8,
+    pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<SockState>() == 24);
 
@@ -111,6 +113,21 @@ pub struct PendingIo {
     pub op: u32,
 }
 const _: () = assert!(core::mem::size_of::<PendingIo>() == 24);
+
+/// Request methods the kernel recognises, by index (0 = not a request).
+pub const METHODS: [&str; 10] = [
+    "", "GET", "POST", "PUT", "HEAD", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+];
+
+/// Key of `HTTP_ACTIVE`: requests a process is serving now, by method.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ActiveKey {
+    pub tgid: u32,
+    /// `METHODS` index.
+    pub method: u32,
+}
+const _: () = assert!(core::mem::size_of::<ActiveKey>() == 8);
 
 pub const OP_IN: u32 = 1;
 pub const OP_OUT: u32 = 2;
@@ -152,6 +169,7 @@ mod user {
     // SAFETY: plain-old-data, repr(C), no padding bytes (sizes asserted above).
     unsafe impl aya::Pod for super::HttpConfig {}
     unsafe impl aya::Pod for super::FdKey {}
+    unsafe impl aya::Pod for super::ActiveKey {}
     unsafe impl aya::Pod for super::SockState {}
     unsafe impl aya::Pod for super::PendingIo {}
 }

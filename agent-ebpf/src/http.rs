@@ -13,18 +13,19 @@ use aya_ebpf::{
         bpf_probe_read_user_buf,
     },
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tenantscope_agent_common::{
     counters,
     http::{
-        EXCHANGE_KIND, FdKey, HEADER_BYTES, HttpConfig, HttpEvent, OP_ACCEPT, OP_CONNECT, OP_IN,
-        OP_OUT, PendingIo, REQ_WINDOW, RESP_WINDOW, ROLE_CLIENT, ROLE_SERVER, STATE_IDLE,
-        STATE_REQUEST, STATE_RESPONSE, STATE_UPGRADED, SockState, Stash, UPGRADED_CLOSE_KIND,
+        ActiveKey, EXCHANGE_KIND, FdKey, HEADER_BYTES, HttpConfig, HttpEvent, OP_ACCEPT,
+        OP_CONNECT, OP_IN, OP_OUT, PendingIo, REQ_WINDOW, RESP_WINDOW, ROLE_CLIENT, ROLE_SERVER,
+        STATE_IDLE, STATE_REQUEST, STATE_RESPONSE, STATE_UPGRADED, SockState, Stash,
+        UPGRADED_CLOSE_KIND,
     },
 };
 
-use crate::{agent_tgid, count};
+use crate::{agent_tgid, atomic_add, count};
 
 #[unsafe(no_mangle)]
 static HTTP_CONFIG: HttpConfig = HttpConfig {
@@ -56,6 +57,11 @@ static HTTP_SOCKS: LruHashMap<FdKey, SockState> = LruHashMap::with_max_entries(6
 /// Request bytes of requests in flight. Only connections inside a request hold one.
 #[map]
 static HTTP_STASH: LruHashMap<FdKey, Stash> = LruHashMap::with_max_entries(4096, 0);
+
+/// Requests being served now per (tgid, method): +1 when a request starts, -1 when its response
+/// starts or its connection closes first. Not preallocated.
+#[map]
+static HTTP_ACTIVE: HashMap<ActiveKey, u64> = HashMap::with_max_entries(16384, 1);
 
 /// Syscall arguments from entry to exit, by thread id.
 #[map]
@@ -233,7 +239,8 @@ fn track(tgid: u32, fd: u32, role: u8) {
         role,
         state: STATE_IDLE,
         req_len: 0,
-        _pad: 0,
+        method: 0,
+        _pad: [0; 3],
     };
     let _ = HTTP_SOCKS.insert(FdKey { tgid, fd }, state, 0);
 }
@@ -248,6 +255,9 @@ fn on_close(fd: u32) {
     let s = unsafe { *s };
     let _ = HTTP_SOCKS.remove(key);
     let _ = HTTP_STASH.remove(key);
+    if s.state == STATE_REQUEST && s.role == ROLE_SERVER {
+        active(tgid, s.method, u64::MAX);
+    }
     if s.state == STATE_UPGRADED {
         let Some(ev) = HTTP_RECORD.get_ptr_mut(0) else {
             return;
@@ -287,21 +297,42 @@ fn send(ev: *mut HttpEvent, len: usize) {
     }
 }
 
-/// First bytes of a request line: a known method followed by a space.
+/// `METHODS` index of the method that starts a request line (followed by a space), else 0.
 #[inline(always)]
-fn is_request(p: &[u8; 8]) -> bool {
-    matches!(
-        p,
-        [b'G', b'E', b'T', b' ', ..]
-            | [b'P', b'O', b'S', b'T', b' ', ..]
-            | [b'P', b'U', b'T', b' ', ..]
-            | [b'H', b'E', b'A', b'D', b' ', ..]
-            | [b'D', b'E', b'L', b'E', b'T', b'E', b' ', ..]
-            | [b'P', b'A', b'T', b'C', b'H', b' ', ..]
-            | [b'O', b'P', b'T', b'I', b'O', b'N', b'S', b' ']
-            | [b'C', b'O', b'N', b'N', b'E', b'C', b'T', b' ']
-            | [b'T', b'R', b'A', b'C', b'E', b' ', ..]
-    )
+fn method_of(p: &[u8; 8]) -> u8 {
+    match p {
+        [b'G', b'E', b'T', b' ', ..] => 1,
+        [b'P', b'O', b'S', b'T', b' ', ..] => 2,
+        [b'P', b'U', b'T', b' ', ..] => 3,
+        [b'H', b'E', b'A', b'D', b' ', ..] => 4,
+        [b'D', b'E', b'L', b'E', b'T', b'E', b' ', ..] => 5,
+        [b'P', b'A', b'T', b'C', b'H', b' ', ..] => 6,
+        [b'O', b'P', b'T', b'I', b'O', b'N', b'S', b' '] => 7,
+        [b'C', b'O', b'N', b'N', b'E', b'C', b'T', b' '] => 8,
+        [b'T', b'R', b'A', b'C', b'E', b' ', ..] => 9,
+        _ => 0,
+    }
+}
+
+/// Adds `delta` (two's complement: `u64::MAX` is -1) to the requests in flight.
+#[inline(always)]
+fn active(tgid: u32, method: u8, delta: u64) {
+    let key = ActiveKey {
+        tgid,
+        method: u32::from(method),
+    };
+    let p = match HTTP_ACTIVE.get_ptr_mut(key) {
+        Some(p) => p,
+        None => {
+            let _ = HTTP_ACTIVE.insert(key, 0, u64::from(aya_ebpf::bindings::BPF_NOEXIST));
+            match HTTP_ACTIVE.get_ptr_mut(key) {
+                Some(p) => p,
+                None => return,
+            }
+        }
+    };
+    // SAFETY: live, aligned map value; several threads of a process serve at once.
+    unsafe { atomic_add(p, delta) };
 }
 
 #[inline(always)]
@@ -327,11 +358,16 @@ fn on_data(tgid: u32, tid: u32, fd: u32, inbound: bool, buf: u64, n: u64) {
     }
     if request_side {
         if state != STATE_REQUEST {
-            if n < 8 || !is_request(&prefix) {
+            let method = if n < 8 { 0 } else { method_of(&prefix) };
+            if method == 0 {
                 return; // body bytes of a request whose head we already have
+            }
+            if role == ROLE_SERVER {
+                active(tgid, method, 1);
             }
             // SAFETY: as above.
             unsafe {
+                (*s).method = method;
                 (*s).state = STATE_REQUEST;
                 (*s).req_ts_ns = bpf_ktime_get_ns();
                 (*s).req_len = 0;
@@ -370,7 +406,11 @@ fn on_data(tgid: u32, tid: u32, fd: u32, inbound: bool, buf: u64, n: u64) {
         return;
     }
     // SAFETY: as above.
-    let (conn_id, req_ts, req_len) = unsafe { ((*s).conn_id, (*s).req_ts_ns, (*s).req_len) };
+    let (conn_id, req_ts, req_len, method) =
+        unsafe { ((*s).conn_id, (*s).req_ts_ns, (*s).req_len, (*s).method) };
+    if state == STATE_REQUEST && role == ROLE_SERVER {
+        active(tgid, method, u64::MAX);
+    }
     // A response without a stashed request (pipelining) still goes up, with no request bytes.
     let req_len = if state == STATE_REQUEST { req_len } else { 0 };
     // SAFETY: as above.

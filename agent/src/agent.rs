@@ -78,6 +78,8 @@ pub struct Agent {
     tcp_agg: TcpAggregator,
     tcp_buf: Vec<(TcpStatsKey, TcpStats)>,
     http_events: Option<AsyncFd<RingBuf<MapData>>>,
+    http_probe: Option<http::HttpProbe>,
+    http_active: Vec<(tenantscope_agent_common::http::ActiveKey, i64)>,
     http: Option<crate::aggregate::http::HttpPipeline>,
     probes: Vec<(&'static str, ProbeState)>,
     table: ProcessTable,
@@ -184,20 +186,24 @@ impl Agent {
             }
         };
 
-        let http_events = match http_config {
+        let (http_probe, http_events) = match http_config {
             None => {
                 probes.push((http::NAME, ProbeState::Disabled));
-                None
+                (None, None)
             }
             Some(c) => {
                 let attached = c
                     .and_then(|_| http::attach(&mut loaded.ebpf, &shared))
-                    .and_then(|ring| {
+                    .and_then(|(p, ring)| {
                         // SAFETY: the RingBuf owns its fd, open as long as the AsyncFd.
-                        unsafe { AsyncFd::register(ring) }
-                            .map_err(|e| ProbeError::Poll(e.into_parts().1))
+                        let fd = unsafe { AsyncFd::register(ring) }
+                            .map_err(|e| ProbeError::Poll(e.into_parts().1))?;
+                        Ok((p, fd))
                     });
-                report(&mut probes, http::NAME, attached)
+                match report(&mut probes, http::NAME, attached) {
+                    Some((p, fd)) => (Some(p), Some(fd)),
+                    None => (None, None),
+                }
             }
         };
 
@@ -237,6 +243,8 @@ impl Agent {
             }),
             tcp_buf: Vec::new(),
             http_events,
+            http_probe,
+            http_active: Vec::new(),
             http,
             table: ProcessTable::new(cfg.workloads.max, cfg.workloads.idle_ttl),
             cfg,
@@ -500,6 +508,7 @@ impl Agent {
         let t0 = Instant::now();
         self.fold_syscalls(t0);
         self.fold_tcp(t0);
+        self.read_http_active(t0);
         // Entries of exited processes were folded one last time above: delete them.
         let exited: HashSet<u32> = self.table.exited().into_iter().collect();
         if let Some(probe) = self.syscalls.as_mut() {
@@ -522,6 +531,13 @@ impl Agent {
                 self.tcp_agg.forget_key(key);
             }
             self.tcp_agg.drop_listeners_of(|t| exited.contains(&t));
+        }
+        if let Some(probe) = self.http_probe.as_mut() {
+            for (key, _) in self.http_active.iter().filter(|(k, _)| exited.contains(&k.tgid)) {
+                if let Err(e) = probe.remove(key) {
+                    map_error(&self.telemetry, "HTTP_ACTIVE", &e);
+                }
+            }
         }
         for tgid in exited {
             self.table.remove(tgid, t0);
@@ -568,6 +584,23 @@ impl Agent {
                 map: "SYSCALL_STATS",
             })
             .set(self.agg.tracked_keys() as i64);
+    }
+
+    fn read_http_active(&mut self, now: Instant) {
+        let Some(probe) = self.http_probe.as_ref() else {
+            return;
+        };
+        let errors = probe.read_active(&mut self.http_active);
+        if errors > 0 {
+            self.telemetry
+                .map_read_errors
+                .get_or_create(&MapLabels { map: "HTTP_ACTIVE" })
+                .inc_by(errors);
+        }
+        let (table, proc_root, t) = (&mut self.table, &self.proc_root, &self.telemetry);
+        crate::aggregate::http::publish_active(&t.http.active, &self.http_active, |tgid| {
+            resolve(table, proc_root, t, tgid, now)
+        });
     }
 
     fn fold_tcp(&mut self, now: Instant) {

@@ -463,6 +463,11 @@ impl Telemetry {
             h.client.clone(),
         );
         r.register(
+            "http_server_active_requests",
+            "HTTP server requests being served now: request received, response not yet started (OpenTelemetry http.server.active_requests)",
+            h.active.clone(),
+        );
+        r.register(
             "tenantscope_http_websocket_connections_active",
             "WebSocket connections open now, by workload, side and tenant",
             h.ws_active.clone(),

@@ -10,10 +10,12 @@ use std::{
 use tenantscope_tests::{Agent, Metrics, free_port, http_get, privileged, py_otlp};
 
 const SERVER: &str = r#"
-import http.server, socketserver, sys
+import http.server, socketserver, sys, time
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
+        if "/slow/" in self.path:
+            time.sleep(3)
         code = int(self.path.split("?")[0].rsplit("/", 1)[1])
         body = b"x" * 10
         self.send_response(code)
@@ -472,4 +474,57 @@ fn http_exemplars_reach_a_real_prometheus() {
         last.contains("\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\""),
         "Prometheus has no exemplar with the request's trace id: {last}"
     );
+}
+
+/// Requests in flight: two slow requests served at once show as 2 active, then 0.
+#[test]
+fn http_active_requests_follow_requests_in_flight() {
+    if !privileged("http_active_requests_follow_requests_in_flight") {
+        return;
+    }
+    let agent = Agent::start(&[]);
+    let mut server = Command::new("python3")
+        .args(["-c", SERVER])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    BufReader::new(server.stdout.as_mut().expect("piped"))
+        .read_line(&mut line)
+        .expect("port");
+    let client = format!(
+        r#"
+import http.client, threading
+def get():
+    c = http.client.HTTPConnection("127.0.0.1", {port})
+    c.request("GET", "/slow/200", headers={{"X-Tenant-ID": "acme"}})
+    c.getresponse().read()
+ts = [threading.Thread(target=get) for _ in range(2)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+"#,
+        port = line.trim()
+    );
+    let mut slow = Command::new("python3")
+        .args(["-c", &client])
+        .spawn()
+        .expect("client");
+    let active = |m: &Metrics| {
+        m.sum(
+            "http_server_active_requests",
+            &[("workload", "python3"), ("http_request_method", "GET")],
+        )
+    };
+    let during = agent.wait_metrics(Duration::from_secs(3), |m| active(m) >= 2.0);
+    assert!(slow.wait().expect("client").success());
+    let after = agent.wait_metrics(Duration::from_secs(5), |m| active(m) == 0.0);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(
+        active(&during),
+        2.0,
+        "two requests in flight\n{}",
+        during.raw
+    );
+    assert_eq!(active(&after), 0.0, "none in flight after the responses");
 }

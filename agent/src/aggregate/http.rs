@@ -71,6 +71,14 @@ pub struct RedLabels {
     pub workload: String,
 }
 
+/// Labels of `http_server_active_requests` (semconv `http.server.active_requests`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActiveLabels {
+    pub http_request_method: &'static str,
+    pub url_scheme: &'static str,
+    pub workload: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TraceLabel {
     pub trace_id: String,
@@ -100,6 +108,8 @@ pub struct HttpMetrics {
     pub server: Family<RedLabels, DurationHist, Ctor>,
     pub client: Family<ClientLabels, DurationHist, Ctor>,
     pub ws_active: Family<WsLabels, Gauge>,
+    /// Requests being served now, from the kernel's per-process counts.
+    pub active: Family<ActiveLabels, Gauge>,
     pub ws_duration: Family<WsLabels, Histogram, fn() -> Histogram>,
     /// Requests not counted because `max_series` label sets exist already.
     pub series_overflow: Counter,
@@ -118,6 +128,7 @@ impl Default for HttpMetrics {
             server: Family::new_with_constructor(duration_hist as Ctor),
             client: Family::new_with_constructor(duration_hist as Ctor),
             ws_active: Family::default(),
+            active: Family::default(),
             ws_duration: Family::new_with_constructor(ws_hist as fn() -> Histogram),
             series_overflow: Counter::default(),
             unpaired: Family::default(),
@@ -820,5 +831,61 @@ mod tests {
             );
         }
         assert_eq!(m.series_overflow.get(), 2);
+    }
+}
+
+/// Sums the kernel's in-flight counts per (workload, method) and replaces the gauge family's
+/// contents with them (workloads without requests in flight disappear). Negative sums (responses
+/// to requests older than the agent) count as 0.
+pub fn publish_active(
+    family: &Family<ActiveLabels, Gauge>,
+    entries: &[(tenantscope_agent_common::http::ActiveKey, i64)],
+    mut label_of: impl FnMut(u32) -> Arc<str>,
+) {
+    use tenantscope_agent_common::http::METHODS;
+    let mut sums: std::collections::HashMap<ActiveLabels, i64> = std::collections::HashMap::new();
+    for (k, v) in entries {
+        let method = METHODS.get(k.method as usize).copied().unwrap_or("");
+        let labels = ActiveLabels {
+            http_request_method: if method.is_empty() { "_OTHER" } else { method },
+            url_scheme: "http",
+            workload: label_of(k.tgid).to_string(),
+        };
+        *sums.entry(labels).or_default() += *v;
+    }
+    family.clear();
+    for (labels, v) in sums {
+        family.get_or_create(&labels).set(v.max(0));
+    }
+}
+
+#[cfg(test)]
+mod active_tests {
+    use tenantscope_agent_common::http::ActiveKey;
+
+    use super::*;
+
+    #[test]
+    fn active_requests_sum_per_workload_and_clamp() {
+        let f: Family<ActiveLabels, Gauge> = Family::default();
+        let k = |tgid, method| ActiveKey { tgid, method };
+        let label = |t: u32| Arc::from(if t < 10 { "api" } else { "db" });
+        publish_active(&f, &[(k(1, 1), 2), (k(2, 1), 3), (k(11, 2), -1)], label);
+        let get = |w: &str, m: &'static str| {
+            f.get_or_create(&ActiveLabels {
+                http_request_method: m,
+                url_scheme: "http",
+                workload: w.into(),
+            })
+            .get()
+        };
+        assert_eq!(get("api", "GET"), 5);
+        assert_eq!(get("db", "POST"), 0, "negative clamps to 0");
+        publish_active(&f, &[], label);
+        let mut text = String::new();
+        let mut r = prometheus_client::registry::Registry::default();
+        r.register("x", "x", f.clone());
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+        assert!(!text.contains("workload=\"api\""), "cleared: {text}");
     }
 }

@@ -3,11 +3,11 @@
 
 use aya::{
     Ebpf,
-    maps::{MapData, RingBuf},
+    maps::{HashMap, MapData, RingBuf},
 };
 use syscalls::Sysno;
 use tenantscope_agent_common::http::{
-    EXCHANGE_KIND, HEADER_BYTES, HttpConfig, REQ_WINDOW, RESP_WINDOW, ROLE_CLIENT, ROLE_SERVER,
+    ActiveKey, EXCHANGE_KIND, HEADER_BYTES, HttpConfig, REQ_WINDOW, RESP_WINDOW, ROLE_CLIENT, ROLE_SERVER,
     UPGRADED_CLOSE_KIND,
 };
 
@@ -76,14 +76,55 @@ pub fn resolve_config(req_capture: usize, resp_capture: usize) -> Result<HttpCon
     })
 }
 
+/// The attached probe's map of requests in flight.
+pub struct HttpProbe {
+    active: HashMap<MapData, ActiveKey, u64>,
+}
+
 /// The probe's programs are the shared `sys_enter`/`sys_exit` pair (see
-/// `syscalls::attach_shared_hooks`); `shared` is their outcome. Returns the record ring.
+/// `syscalls::attach_shared_hooks`); `shared` is their outcome. Returns the maps and the
+/// record ring.
 pub fn attach(
     ebpf: &mut Ebpf,
     shared: &Result<(), String>,
-) -> Result<RingBuf<MapData>, ProbeError> {
+) -> Result<(HttpProbe, RingBuf<MapData>), ProbeError> {
     shared.clone().map_err(ProbeError::SharedHooks)?;
-    take_map(ebpf, "HTTP_EVENTS")
+    let probe = HttpProbe {
+        active: take_map(ebpf, "HTTP_ACTIVE")?,
+    };
+    Ok((probe, take_map(ebpf, "HTTP_EVENTS")?))
+}
+
+impl HttpProbe {
+    /// Requests in flight per (tgid, method index) into `out` (cleared first); returns how many
+    /// entries failed to read. Values are two's complement counts (a response to a request
+    /// older than the agent makes one negative).
+    pub fn read_active(&self, out: &mut Vec<(ActiveKey, i64)>) -> u64 {
+        out.clear();
+        let mut errors = 0;
+        for item in self.active.iter() {
+            match item {
+                Ok((k, v)) => out.push((k, v as i64)),
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => {
+                    errors += 1;
+                    tracing::debug!(error = %e, "reading HTTP_ACTIVE");
+                }
+            }
+        }
+        errors
+    }
+
+    /// Deletes the entry of an exited process.
+    pub fn remove(&mut self, key: &ActiveKey) -> Result<(), ProbeError> {
+        match self.active.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(ProbeError::Map {
+                map: "HTTP_ACTIVE",
+                source,
+            }),
+        }
+    }
 }
 
 /// A decoded record; `request` and `response` borrow from the ring-buffer item.
