@@ -533,7 +533,11 @@ impl Agent {
             self.tcp_agg.drop_listeners_of(|t| exited.contains(&t));
         }
         if let Some(probe) = self.http_probe.as_mut() {
-            for (key, _) in self.http_active.iter().filter(|(k, _)| exited.contains(&k.tgid)) {
+            for (key, _) in self
+                .http_active
+                .iter()
+                .filter(|(k, _)| exited.contains(&k.tgid))
+            {
                 if let Err(e) = probe.remove(key) {
                     map_error(&self.telemetry, "HTTP_ACTIVE", &e);
                 }

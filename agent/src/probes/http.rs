@@ -7,8 +7,8 @@ use aya::{
 };
 use syscalls::Sysno;
 use tenantscope_agent_common::http::{
-    ActiveKey, EXCHANGE_KIND, HEADER_BYTES, HttpConfig, REQ_WINDOW, RESP_WINDOW, ROLE_CLIENT, ROLE_SERVER,
-    UPGRADED_CLOSE_KIND,
+    ActiveKey, EXCHANGE_KIND, HEADER_BYTES, HttpConfig, REQ_WINDOW, RESP_WINDOW, ROLE_CLIENT,
+    ROLE_SERVER, UPGRADED_CLOSE_KIND,
 };
 
 use super::{ProbeError, btf::Btf, take_map};
