@@ -528,3 +528,96 @@ ts = [threading.Thread(target=get) for _ in range(2)]
     );
     assert_eq!(active(&after), 0.0, "none in flight after the responses");
 }
+
+/// A `101` WebSocket upgrade is tracked as a connection (active, then its duration per
+/// tenant), not as a request.
+#[test]
+fn http_websocket_upgrade_is_a_connection_not_a_request() {
+    if !privileged("http_websocket_upgrade_is_a_connection_not_a_request") {
+        return;
+    }
+    const WS_SERVER: &str = r#"
+import socket, threading
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
+print(s.getsockname()[1], flush=True)
+def serve(c):
+    c.recv(4096)
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+    while True:
+        d = c.recv(4096)
+        if not d: break
+        c.sendall(d)
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+    let agent = Agent::start(&[]);
+    let mut server = Command::new("python3")
+        .args(["-c", WS_SERVER])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    BufReader::new(server.stdout.as_mut().expect("piped"))
+        .read_line(&mut line)
+        .expect("port");
+    let client = format!(
+        r#"
+import socket, time
+c = socket.create_connection(("127.0.0.1", {port}))
+c.sendall(b"GET /chat HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: acme\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+assert c.recv(4096).startswith(b"HTTP/1.1 101")
+for _ in range(20):
+    c.sendall(b"\x81\x02hi"); c.recv(16); time.sleep(0.1)
+time.sleep(1.5)
+c.close()
+"#,
+        port = line.trim()
+    );
+    let mut ws = Command::new("python3")
+        .args(["-c", &client])
+        .spawn()
+        .expect("client");
+    let active = |m: &Metrics| {
+        m.sum(
+            "tenantscope_http_websocket_connections_active",
+            &[
+                ("side", "server"),
+                ("tenant", "acme"),
+                ("workload", "python3"),
+            ],
+        )
+    };
+    let during = agent.wait_metrics(Duration::from_secs(3), |m| active(m) >= 1.0);
+    assert!(ws.wait().expect("client").success());
+    let closed = |m: &Metrics| {
+        m.sum(
+            "tenantscope_http_websocket_connection_duration_seconds_count",
+            &[
+                ("side", "server"),
+                ("tenant", "acme"),
+                ("workload", "python3"),
+            ],
+        )
+    };
+    let after = agent.wait_metrics(Duration::from_secs(5), |m| closed(m) >= 1.0);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(active(&during), 1.0, "one open WebSocket\n{}", during.raw);
+    assert_eq!(active(&after), 0.0);
+    assert_eq!(closed(&after), 1.0, "one closed WebSocket");
+    let duration = after.sum(
+        "tenantscope_http_websocket_connection_duration_seconds_sum",
+        &[("side", "server"), ("tenant", "acme")],
+    );
+    assert!((3.0..30.0).contains(&duration), "lasted ~3.5 s: {duration}");
+    // The upgrade and the frames after it are not requests.
+    assert_eq!(
+        after.sum(
+            "http_server_request_duration_seconds_count",
+            &[("tenant", "acme"), ("workload", "python3")]
+        ),
+        0.0
+    );
+}
