@@ -350,6 +350,10 @@ pub fn start(
 /// Builds the exporter. Its retries (two, with backoff, for retryable errors only) stay within
 /// `timeout`; the standard `OTEL_EXPORTER_OTLP_TRACES_*` variables the crate reads itself apply
 /// only where the settings leave something unset (compression).
+/// Header on the agent's own OTLP/HTTP export requests; captured requests carrying it are not
+/// traced or counted (gRPC exports are HTTP/2, which the HTTP/1.x probe does not capture).
+pub const OWN_EXPORT_HEADER: &str = "x-tenantscope-agent";
+
 pub fn build_exporter(s: &ExportSettings) -> Result<SpanExporter, String> {
     let retry = RetryPolicy::default()
         .with_max_retries(MAX_RETRIES)
@@ -374,14 +378,24 @@ pub fn build_exporter(s: &ExportSettings) -> Result<SpanExporter, String> {
                 .with_retry_policy(retry)
                 .build()
         }
-        OtlpProtocol::HttpProtobuf => SpanExporter::builder()
-            .with_http()
-            .with_protocol(Protocol::HttpBinary)
-            .with_endpoint(s.url.clone())
-            .with_timeout(s.timeout)
-            .with_headers(s.headers.iter().cloned().collect())
-            .with_retry_policy(retry)
-            .build(),
+        OtlpProtocol::HttpProtobuf => {
+            // Marks the agent's own export requests so that an agent seeing the receiver's end
+            // (a collector on this node) does not trace them: one span per export otherwise.
+            let mut headers: std::collections::HashMap<String, String> =
+                s.headers.iter().cloned().collect();
+            headers.insert(
+                OWN_EXPORT_HEADER.to_owned(),
+                env!("CARGO_PKG_VERSION").to_owned(),
+            );
+            SpanExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary)
+                .with_endpoint(s.url.clone())
+                .with_timeout(s.timeout)
+                .with_headers(headers)
+                .with_retry_policy(retry)
+                .build()
+        }
     };
     built.map_err(|e| e.to_string())
 }

@@ -484,6 +484,11 @@ impl Telemetry {
             h.series_overflow.clone(),
         );
         r.register(
+            "tenantscope_agent_http_own_exports_skipped",
+            "Captured HTTP requests that were a Tenantscope agent's own OTLP span export, not traced or counted",
+            h.own_exports.clone(),
+        );
+        r.register(
             "tenantscope_agent_http_unpaired_requests",
             "Captured HTTP messages that could not be paired into a request and response, by reason",
             h.unpaired.clone(),

@@ -244,6 +244,14 @@ fn http_spans_reach_an_otlp_receiver_decoded_independently() {
         .status()
         .expect("client");
     assert!(status.success());
+    // The receiver's own end of the agent's exports is seen by the agent too, and skipped.
+    let own = |m: &Metrics| m.sum("tenantscope_agent_http_own_exports_skipped_total", &[]);
+    let m = agent.wait_metrics(Duration::from_secs(10), |m| own(m) >= 1.0);
+    assert!(
+        own(&m) >= 1.0,
+        "the agent's exports were not recognised\n{}",
+        m.raw
+    );
     // SIGTERM flushes pending spans; then the receiver has everything.
     assert!(agent.stop().success(), "{}", agent.log_text());
     let _ = server.kill();
@@ -252,6 +260,10 @@ fn http_spans_reach_an_otlp_receiver_decoded_independently() {
     let _ = receiver.wait();
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut out, &mut rest).expect("receiver output");
+    assert!(
+        !rest.contains("/v1/traces"),
+        "the agent traced its own exports:\n{rest}"
+    );
     let spans: Vec<Span> = rest
         .lines()
         .filter(|l| field(l, "service") == "python3")

@@ -113,6 +113,8 @@ pub struct HttpMetrics {
     pub ws_duration: Family<WsLabels, Histogram, fn() -> Histogram>,
     /// Requests not counted because `max_series` label sets exist already.
     pub series_overflow: Counter,
+    /// Captured requests that were an agent's own span export (skipped).
+    pub own_exports: Counter,
     /// Requests that could not be paired, by reason.
     pub unpaired: Family<ReasonLabels, Counter>,
 }
@@ -131,6 +133,7 @@ impl Default for HttpMetrics {
             active: Family::default(),
             ws_duration: Family::new_with_constructor(ws_hist as fn() -> Histogram),
             series_overflow: Counter::default(),
+            own_exports: Counter::default(),
             unpaired: Family::default(),
         }
     }
@@ -182,7 +185,7 @@ impl HttpPipeline {
     ) -> Self {
         let sel = HeaderSelection {
             tenant_header: tenants.header_name().unwrap_or("x-tenant-id").to_owned(),
-            extra: Vec::new(),
+            extra: vec![crate::otlp::OWN_EXPORT_HEADER.to_owned()],
         };
         let options = SpanOptions::default();
         Self {
@@ -351,6 +354,15 @@ impl HttpPipeline {
     }
 
     fn exchange(&mut self, x: Exchange, workload: Arc<str>) {
+        // An agent's own span export (seen at a receiver on this node): never the agent itself.
+        if x.request
+            .extra
+            .iter()
+            .any(|(k, _)| k == crate::otlp::OWN_EXPORT_HEADER)
+        {
+            self.metrics.own_exports.inc();
+            return;
+        }
         let tenant = self.tenant(&x.request);
         let route = self.routes.route(&workload, &x.request.path);
         let incoming = trace::incoming(x.request.traceparent.as_deref(), None);
