@@ -633,3 +633,76 @@ c.close()
         0.0
     );
 }
+
+/// `Expect: 100-continue`: the interim `100` is not a response; the request counts once, with
+/// its final status, timed from its first byte to the final response.
+#[test]
+fn http_100_continue_counts_the_final_response() {
+    if !privileged("http_100_continue_counts_the_final_response") {
+        return;
+    }
+    const CONTINUE_SERVER: &str = r#"
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(201)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+    let agent = Agent::start(&[]);
+    let mut server = Command::new("python3")
+        .args(["-c", CONTINUE_SERVER])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    BufReader::new(server.stdout.as_mut().expect("piped"))
+        .read_line(&mut line)
+        .expect("port");
+    let client = format!(
+        r#"
+import socket
+c = socket.create_connection(("127.0.0.1", {port}))
+body = b"x" * 5000
+c.sendall(b"POST /uploads/77 HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: acme\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n")
+assert c.recv(4096).startswith(b"HTTP/1.1 100"), "no 100 Continue"
+c.sendall(body)
+assert c.recv(4096).startswith(b"HTTP/1.1 201")
+c.close()
+"#,
+        port = line.trim()
+    );
+    let status = Command::new("python3")
+        .args(["-c", &client])
+        .status()
+        .expect("client");
+    assert!(status.success());
+    let count = |m: &Metrics, code: &str| {
+        m.sum(
+            "http_server_request_duration_seconds_count",
+            &[
+                ("tenant", "acme"),
+                ("workload", "python3"),
+                ("http_request_method", "POST"),
+                ("http_route", "/uploads/{id}"),
+                ("http_response_status_code", code),
+            ],
+        )
+    };
+    let m = agent.wait_metrics(Duration::from_secs(10), |m| count(m, "201") >= 1.0);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(count(&m, "201"), 1.0, "the request counts once\n{}", m.raw);
+    assert_eq!(
+        count(&m, "100"),
+        0.0,
+        "the interim response is not a response"
+    );
+}
