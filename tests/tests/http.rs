@@ -352,7 +352,22 @@ fn http_nginx_server_counts_per_tenant_and_status() {
     );
     let conf_path = dir.join("nginx.conf");
     std::fs::write(&conf_path, conf).expect("nginx.conf");
-    let agent = Agent::start(&[]);
+    // Spans go to an independent OTLP receiver, as in the Python-server test.
+    let mut receiver = Command::new(py_otlp())
+        .args(["-c", RECEIVER])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("receiver");
+    let mut out = BufReader::new(receiver.stdout.take().expect("piped"));
+    let mut rport = String::new();
+    out.read_line(&mut rport).expect("receiver port");
+    let endpoint = format!("http://127.0.0.1:{}", rport.trim());
+    let mut agent = Agent::start(&[
+        "--otlp-protocol",
+        "http/protobuf",
+        "--otlp-endpoint",
+        &endpoint,
+    ]);
     let mut nginx = Command::new("nginx")
         .args(["-c", conf_path.to_str().expect("utf-8"), "-p"])
         .arg(&dir)
@@ -409,6 +424,26 @@ for t in ("acme", "globex", "initech"):
         }
     }
     assert!(!m.raw.contains("token=abc"), "a query string was exported");
+    assert!(agent.stop().success(), "{}", agent.log_text());
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).expect("receiver output");
+    let nginx: Vec<&str> = rest
+        .lines()
+        .filter(|l| field(l, "service") == "nginx")
+        .collect();
+    assert_eq!(nginx.len(), 18, "one server span per request:\n{rest}");
+    for l in &nginx {
+        assert_eq!(field(l, "name"), "GET /api/items/{id}", "{l}");
+        assert_eq!(field(l, "kind"), "2", "server span: {l}");
+        let want = if field(l, "code") == "500" { "2" } else { "0" };
+        assert_eq!(field(l, "status"), want, "5xx only is an error: {l}");
+    }
+    assert!(
+        !rest.contains("token=abc"),
+        "a query string was exported in a span"
+    );
 }
 
 /// A real Prometheus (apt) with exemplar storage scrapes the agent over OpenMetrics and returns
