@@ -217,6 +217,7 @@ impl Agent {
                         .map_err(ProbeError::Config)?,
                     cfg.http.max_series,
                     telemetry.http.clone(),
+                    &cfg.http.span_headers,
                 );
                 Some(match spans {
                     Some(setup) => p.with_spans(setup),

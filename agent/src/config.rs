@@ -652,6 +652,20 @@ impl Config {
             HTTP_MAX_CONNECTIONS,
         )?;
         check_range("http.max_series", self.http.max_series, HTTP_MAX_SERIES)?;
+        if self.http.span_headers.len() > 32 {
+            return Err(invalid("http.span_headers", "at most 32 header names"));
+        }
+        for (i, h) in self.http.span_headers.iter().enumerate() {
+            let token = !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token {
+                return Err(invalid(
+                    format!("http.span_headers[{i}]"),
+                    format!("{h:?} is not an HTTP header name"),
+                ));
+            }
+        }
         // Their messages already name the exact key (`http.routes.services[0]...`).
         self.http
             .routes
@@ -751,6 +765,10 @@ pub struct HttpConfig {
     /// requests beyond it are counted in `tenantscope_agent_http_series_overflow_total`.
     /// 100 to 1000000. Default `20000`.
     pub max_series: usize,
+    /// Request headers recorded on spans as `http.request.header.<name>`, by name; nothing else
+    /// of a request's headers leaves the node (Cookie and Authorization never do, even when
+    /// listed). At most 32. Default none.
+    pub span_headers: Vec<String>,
     /// `[http.routes]`: route templates per service and the automatic fallback.
     pub routes: crate::http::route::RoutesConfig,
     /// `[http.tenant]`: the ordered tenant attribution chain, allowlist and cap.
@@ -771,6 +789,7 @@ impl Default for HttpConfig {
             max_connections: 16_384,
             // 1,000 tenants x a handful of routes, methods and statuses on a node.
             max_series: 20_000,
+            span_headers: Vec::new(),
             routes: Default::default(),
             tenant: Default::default(),
         }

@@ -784,6 +784,7 @@ mod tests {
             TenantResolver::new(&TenantConfig::default()).expect("default tenants"),
             1000,
             HttpMetrics::default(),
+            &[],
         )
         .with_spans(SpanSetup {
             options: SpanOptions::default(),
@@ -1070,6 +1071,7 @@ mod tests {
             TenantResolver::new(&TenantConfig::default()).expect("default tenants"),
             1000,
             HttpMetrics::default(),
+            &[],
         )
         .with_spans(SpanSetup {
             options: SpanOptions {

@@ -256,6 +256,8 @@ pub struct HttpCall {
     pub route: Arc<str>,
     /// The workload label, which is also the span's `service.name`.
     pub workload: Arc<str>,
+    /// Request headers the operator allowlisted (`http.span_headers`), lowercase names.
+    pub headers: Vec<(String, String)>,
 }
 
 /// A span ready for export, with the workload whose resource it belongs under.
@@ -338,6 +340,15 @@ pub fn build_span(
         if call.http_minor == 0 { "1.0" } else { "1.1" },
     ));
     attributes.push(KeyValue::new("tenant.id", call.tenant.to_string()));
+    // Semconv: `http.request.header.<lowercase name>`, a list of values.
+    for (name, value) in &call.headers {
+        attributes.push(KeyValue::new(
+            format!("http.request.header.{name}"),
+            opentelemetry::Value::Array(
+                vec![opentelemetry::StringValue::from(value.clone())].into(),
+            ),
+        ));
+    }
     if matches!(status, Status::Error { .. }) {
         attributes.push(KeyValue::new("error.type", call.status.to_string()));
     }
@@ -662,6 +673,7 @@ mod tests {
             tenant: "acme".into(),
             route: "/posts/{id}".into(),
             workload: "api".into(),
+            headers: Vec::new(),
         }
     }
 

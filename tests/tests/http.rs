@@ -143,12 +143,16 @@ class H(http.server.BaseHTTPRequestHandler):
             res = {a.key: a.value.string_value for a in rs.resource.attributes}
             for ss in rs.scope_spans:
                 for sp in ss.spans:
-                    attrs = {a.key: a.value.string_value or a.value.int_value for a in sp.attributes}
+                    attrs = {a.key: a.value.string_value or a.value.int_value
+                             or ",".join(v.string_value for v in a.value.array_value.values)
+                             for a in sp.attributes}
                     print(json.dumps({"service": res.get("service.name"), "name": sp.name,
                         "kind": sp.kind, "trace_id": sp.trace_id.hex(), "span_id": sp.span_id.hex(),
                         "parent": sp.parent_span_id.hex(), "status": sp.status.code,
                         "tenant": attrs.get("tenant.id"), "path": attrs.get("url.path"),
-                        "code": attrs.get("http.response.status_code")}), flush=True)
+                        "code": attrs.get("http.response.status_code"),
+                        "request_id": attrs.get("http.request.header.x-request-id"),
+                        "attrs": sorted(attrs)}), flush=True)
         out = ts.ExportTraceServiceResponse().SerializeToString()
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
@@ -172,7 +176,8 @@ def get(path, headers):
     r = c.getresponse(); r.read(); c.close()
 valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 invalid = "ff-5bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-get("/status/200", {"X-Tenant-ID": "acme", "traceparent": valid})
+get("/status/200", {"X-Tenant-ID": "acme", "traceparent": valid, "X-Request-Id": "req-42",
+                    "Cookie": "session=hunter2", "Authorization": "Bearer hunter3"})
 get("/status/503", {"X-Tenant-ID": "globex", "traceparent": invalid})
 get("/status/404", {"Host": "initech.platform.example"})
 "#;
@@ -217,7 +222,8 @@ fn http_spans_reach_an_otlp_receiver_decoded_independently() {
     let config = std::env::temp_dir().join(format!("ts-http-spans-{}.toml", std::process::id()));
     std::fs::write(
         &config,
-        "[[http.tenant.sources]]\nsource = \"header\"\nname = \"X-Tenant-ID\"\n\n\
+        "[http]\nspan_headers = [\"x-request-id\", \"cookie\", \"authorization\"]\n\n\
+         [[http.tenant.sources]]\nsource = \"header\"\nname = \"X-Tenant-ID\"\n\n\
          [[http.tenant.sources]]\nsource = \"host_subdomain\"\ndomains = [\"platform.example\"]\n\n\
          [otlp]\nbatch_timeout = \"100ms\"\n",
     )
@@ -314,6 +320,16 @@ fn http_spans_reach_an_otlp_receiver_decoded_independently() {
     assert_eq!(acme[0].parent, "00f067aa0ba902b7");
     assert_eq!((acme[0].kind, acme[0].status), (SERVER_KIND, STATUS_UNSET));
     assert_eq!(acme[0].name, "GET /status/{id}");
+    // Allowlisted headers only; Cookie and Authorization never, even when listed.
+    let acme_line = rest
+        .lines()
+        .find(|l| field(l, "tenant") == "acme" && field(l, "kind") == "2")
+        .expect("acme server span");
+    assert_eq!(field(acme_line, "request_id"), "req-42", "{acme_line}");
+    assert!(
+        !rest.contains("hunter2") && !rest.contains("hunter3"),
+        "a cookie or authorization header left the node:\n{rest}"
+    );
     // An invalid one (version ff) is ignored: a new root trace, not the invalid id.
     assert_eq!(globex[0].parent, "");
     assert_ne!(globex[0].trace_id, "5bf92f3577b34da6a3ce929d0e0e4736");

@@ -182,10 +182,13 @@ impl HttpPipeline {
         tenants: TenantResolver,
         max_series: usize,
         metrics: HttpMetrics,
+        span_headers: &[String],
     ) -> Self {
         let sel = HeaderSelection {
             tenant_header: tenants.header_name().unwrap_or("x-tenant-id").to_owned(),
-            extra: vec![crate::otlp::OWN_EXPORT_HEADER.to_owned()],
+            extra: std::iter::once(crate::otlp::OWN_EXPORT_HEADER.to_owned())
+                .chain(span_headers.iter().map(|h| h.to_ascii_lowercase()))
+                .collect(),
         };
         let options = SpanOptions::default();
         Self {
@@ -382,6 +385,12 @@ impl HttpPipeline {
             tenant,
             route,
             workload,
+            headers: x
+                .request
+                .extra
+                .into_iter()
+                .filter(|(k, _)| k != crate::otlp::OWN_EXPORT_HEADER)
+                .collect(),
         };
         let parent = match (incoming, state) {
             (Some(incoming), Some(trace_state)) => Some(Parent::Remote {
@@ -572,6 +581,7 @@ mod tests {
             TenantResolver::new(&TenantConfig::default()).unwrap(),
             max_series,
             metrics.clone(),
+            &[],
         );
         (p, metrics)
     }
