@@ -34,15 +34,23 @@ s.serve_forever()
 const CLIENT: &str = r#"
 import http.client, sys
 port = int(sys.argv[1])
-tenants = ["acme", "globex", "initech", "umbrella", "hooli"]
+# Three tenants by header, two by Host subdomain; valid, invalid and no traceparent in turn.
+tenants = [("acme", "header"), ("globex", "header"), ("initech", "header"),
+           ("umbrella", "host"), ("hooli", "host")]
+parents = ["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+           "00-zzzz-00f067aa0ba902b7-01", None]
 keep = http.client.HTTPConnection("127.0.0.1", port)
-for t in tenants:
+n = 0
+for t, how in tenants:
     for code in (200, 404, 503):
+        h = {"X-Tenant-ID": t} if how == "header" else {"Host": f"{t}.platform.example"}
+        tp = parents[n % 3]; n += 1
+        if tp: h["traceparent"] = tp
         # Once over a keep-alive connection, once over a fresh one; query strings must not leak.
-        keep.request("GET", f"/status/{code}?secret=hunter2", headers={"X-Tenant-ID": t})
+        keep.request("GET", f"/status/{code}?secret=hunter2", headers=h)
         r = keep.getresponse(); r.read(); assert r.status == code
         fresh = http.client.HTTPConnection("127.0.0.1", port)
-        fresh.request("GET", f"/status/{code}", headers={"X-Tenant-ID": t, "Connection": "close"})
+        fresh.request("GET", f"/status/{code}", headers={**h, "Connection": "close"})
         r = fresh.getresponse(); r.read(); assert r.status == code
         fresh.close()
 keep.close()
@@ -76,7 +84,14 @@ fn http_red_metrics_per_tenant_exact() {
     if !privileged("http_red_metrics_per_tenant_exact") {
         return;
     }
-    let agent = Agent::start(&[]);
+    let config = std::env::temp_dir().join(format!("ts-http-red-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        "[[http.tenant.sources]]\nsource = \"header\"\nname = \"X-Tenant-ID\"\n\n\
+         [[http.tenant.sources]]\nsource = \"host_subdomain\"\ndomains = [\"platform.example\"]\n",
+    )
+    .expect("config");
+    let agent = Agent::start(&["-c", config.to_str().expect("utf-8")]);
     let mut server = Command::new("python3")
         .args(["-c", SERVER])
         .stdout(Stdio::piped())
@@ -103,6 +118,7 @@ fn http_red_metrics_per_tenant_exact() {
     let m = agent.wait_metrics(Duration::from_secs(15), all_there);
     let _ = server.kill();
     let _ = server.wait();
+    let _ = std::fs::remove_file(&config);
     for side in ["server", "client"] {
         for t in TENANTS {
             for c in CODES {
