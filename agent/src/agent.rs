@@ -79,7 +79,7 @@ pub struct Agent {
     tcp_buf: Vec<(TcpStatsKey, TcpStats)>,
     http_events: Option<AsyncFd<RingBuf<MapData>>>,
     http_probe: Option<http::HttpProbe>,
-    http_active: Vec<(tenantscope_agent_common::http::ActiveKey, i64)>,
+    http_active: Vec<(tenantscope_agent_common::http::ActiveKey, u64)>,
     http: Option<crate::aggregate::http::HttpPipeline>,
     probes: Vec<(&'static str, ProbeState)>,
     table: ProcessTable,

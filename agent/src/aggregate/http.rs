@@ -861,7 +861,7 @@ mod tests {
 /// to requests older than the agent) count as 0.
 pub fn publish_active(
     family: &Family<ActiveLabels, Gauge>,
-    entries: &[(tenantscope_agent_common::http::ActiveKey, i64)],
+    entries: &[(tenantscope_agent_common::http::ActiveKey, u64)],
     mut label_of: impl FnMut(u32) -> Arc<str>,
 ) {
     use tenantscope_agent_common::http::METHODS;
@@ -873,7 +873,8 @@ pub fn publish_active(
             url_scheme: "http",
             workload: label_of(k.tgid).to_string(),
         };
-        *sums.entry(labels).or_default() += *v;
+        // Two's complement in the kernel: a response to a request older than the agent is -1.
+        *sums.entry(labels).or_default() += *v as i64;
     }
     family.clear();
     for (labels, v) in sums {
@@ -892,7 +893,11 @@ mod active_tests {
         let f: Family<ActiveLabels, Gauge> = Family::default();
         let k = |tgid, method| ActiveKey { tgid, method };
         let label = |t: u32| Arc::from(if t < 10 { "api" } else { "db" });
-        publish_active(&f, &[(k(1, 1), 2), (k(2, 1), 3), (k(11, 2), -1)], label);
+        publish_active(
+            &f,
+            &[(k(1, 1), 2), (k(2, 1), 3), (k(11, 2), u64::MAX)],
+            label,
+        );
         let get = |w: &str, m: &'static str| {
             f.get_or_create(&ActiveLabels {
                 http_request_method: m,

@@ -98,32 +98,14 @@ pub fn attach(
 impl HttpProbe {
     /// Requests in flight per (tgid, method index) into `out` (cleared first); returns how many
     /// entries failed to read. Values are two's complement counts (a response to a request
-    /// older than the agent makes one negative).
-    pub fn read_active(&self, out: &mut Vec<(ActiveKey, i64)>) -> u64 {
-        out.clear();
-        let mut errors = 0;
-        for item in self.active.iter() {
-            match item {
-                Ok((k, v)) => out.push((k, v as i64)),
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => {
-                    errors += 1;
-                    tracing::debug!(error = %e, "reading HTTP_ACTIVE");
-                }
-            }
-        }
-        errors
+    /// older than the agent makes one negative): read them `as i64`.
+    pub fn read_active(&self, out: &mut Vec<(ActiveKey, u64)>) -> u64 {
+        super::read_all(&self.active, "HTTP_ACTIVE", out)
     }
 
     /// Deletes the entry of an exited process.
     pub fn remove(&mut self, key: &ActiveKey) -> Result<(), ProbeError> {
-        match self.active.remove(key) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(ProbeError::Map {
-                map: "HTTP_ACTIVE",
-                source,
-            }),
-        }
+        super::remove_key(&mut self.active, "HTTP_ACTIVE", key)
     }
 }
 

@@ -172,6 +172,50 @@ where
     T::try_from(map).map_err(|source| ProbeError::Map { map: name, source })
 }
 
+/// A fixed-size ring-buffer record as `T`, or `Err((got, expected))` when the length differs.
+pub(crate) fn plain_record<T: aya::Pod>(bytes: &[u8]) -> Result<T, (usize, usize)> {
+    let expected = size_of::<T>();
+    if bytes.len() != expected {
+        return Err((bytes.len(), expected));
+    }
+    // SAFETY: length checked; `T` is plain data (`Pod`), read unaligned.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+}
+
+/// Reads every entry of a kernel hash map into `out` (cleared first); returns how many reads
+/// failed. Entries deleted while iterating are not failures.
+pub(crate) fn read_all<K: aya::Pod, V: aya::Pod>(
+    map: &aya::maps::HashMap<aya::maps::MapData, K, V>,
+    name: &str,
+    out: &mut Vec<(K, V)>,
+) -> u64 {
+    out.clear();
+    let mut errors = 0;
+    for item in map.iter() {
+        match item {
+            Ok(kv) => out.push(kv),
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => {
+                errors += 1;
+                tracing::debug!(error = %e, map = name, "reading a kernel map");
+            }
+        }
+    }
+    errors
+}
+
+/// Deletes a key from a kernel hash map; a key already gone is not an error.
+pub(crate) fn remove_key<K: aya::Pod, V: aya::Pod>(
+    map: &mut aya::maps::HashMap<aya::maps::MapData, K, V>,
+    name: &'static str,
+    key: &K,
+) -> Result<(), ProbeError> {
+    match map.remove(key) {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(source) => Err(ProbeError::Map { map: name, source }),
+    }
+}
+
 /// Loads `program` and attaches it to the classic tracepoint `category:name`.
 pub(crate) fn attach_tracepoint(
     ebpf: &mut Ebpf,

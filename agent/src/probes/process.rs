@@ -51,15 +51,8 @@ pub enum DecodeError {
 
 /// Decodes one ring-buffer record. Pure; never panics on any input.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
-    let expected = size_of::<ProcessEvent>();
-    if bytes.len() != expected {
-        return Err(DecodeError::Size {
-            got: bytes.len(),
-            expected,
-        });
-    }
-    // SAFETY: length checked; ProcessEvent is repr(C) plain data, read unaligned.
-    let ev: ProcessEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let ev: ProcessEvent = super::plain_record(bytes)
+        .map_err(|(got, expected)| DecodeError::Size { got, expected })?;
     match ev.header.kind {
         FORK_KIND => Ok(Event::Fork {
             child: ev.tgid,

@@ -69,29 +69,11 @@ impl SyscallsProbe {
     /// Reads every entry into `out` (cleared first). Returns how many entries failed to read;
     /// entries deleted concurrently are not errors.
     pub fn read(&self, out: &mut Vec<(SyscallKey, SyscallStats)>) -> u64 {
-        out.clear();
-        let mut errors = 0;
-        for item in self.stats.iter() {
-            match item {
-                Ok(kv) => out.push(kv),
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => {
-                    errors += 1;
-                    tracing::debug!(error = %e, "reading SYSCALL_STATS");
-                }
-            }
-        }
-        errors
+        super::read_all(&self.stats, "SYSCALL_STATS", out)
     }
 
     /// Deletes the entries of exited processes after their final counts were folded.
     pub fn remove(&mut self, key: &SyscallKey) -> Result<(), ProbeError> {
-        match self.stats.remove(key) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(ProbeError::Map {
-                map: "SYSCALL_STATS",
-                source,
-            }),
-        }
+        super::remove_key(&mut self.stats, "SYSCALL_STATS", key)
     }
 }

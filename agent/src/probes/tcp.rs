@@ -129,30 +129,12 @@ impl TcpProbe {
 
     /// Reads every counter entry into `out` (cleared first); returns how many reads failed.
     pub fn read(&self, out: &mut Vec<(TcpStatsKey, TcpStats)>) -> u64 {
-        out.clear();
-        let mut errors = 0;
-        for item in self.stats.iter() {
-            match item {
-                Ok(kv) => out.push(kv),
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => {
-                    errors += 1;
-                    tracing::debug!(error = %e, "reading TCP_STATS");
-                }
-            }
-        }
-        errors
+        super::read_all(&self.stats, "TCP_STATS", out)
     }
 
     /// Deletes the counters of an exited process after their final values were folded.
     pub fn remove(&mut self, key: &TcpStatsKey) -> Result<(), ProbeError> {
-        match self.stats.remove(key) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(ProbeError::Map {
-                map: "TCP_STATS",
-                source,
-            }),
-        }
+        super::remove_key(&mut self.stats, "TCP_STATS", key)
     }
 }
 
@@ -303,15 +285,8 @@ pub enum DecodeError {
 
 /// Decodes one ring-buffer record. Pure; never panics on any input.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
-    let expected = size_of::<TcpEvent>();
-    if bytes.len() != expected {
-        return Err(DecodeError::Size {
-            got: bytes.len(),
-            expected,
-        });
-    }
-    // SAFETY: length checked; TcpEvent is repr(C) plain data, read unaligned.
-    let ev: TcpEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let ev: TcpEvent = super::plain_record(bytes)
+        .map_err(|(got, expected)| DecodeError::Size { got, expected })?;
     let family = match ev.family {
         AF_INET => Family::V4,
         AF_INET6 => Family::V6,
