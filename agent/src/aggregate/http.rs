@@ -47,6 +47,20 @@ pub const WEBSOCKET_BUCKETS: [f64; 9] = [
     1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 43200.0, 86400.0,
 ];
 
+/// A label value shared with the pipeline's interned strings: building a series key per
+/// request clones an `Arc` instead of allocating a `String` for each label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Label(pub Arc<str>);
+
+impl prometheus_client::encoding::EncodeLabelValue for Label {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, &self.0)
+    }
+}
+
 /// Labels of `http_client_request_duration_seconds`: semconv requires `server.address` (from
 /// the `Host` header; the port is not known from a captured head); `url_template` is the
 /// opt-in route.
@@ -54,10 +68,10 @@ pub const WEBSOCKET_BUCKETS: [f64; 9] = [
 pub struct ClientLabels {
     pub http_request_method: &'static str,
     pub http_response_status_code: u16,
-    pub server_address: String,
-    pub tenant: String,
-    pub url_template: String,
-    pub workload: String,
+    pub server_address: Label,
+    pub tenant: Label,
+    pub url_template: Label,
+    pub workload: Label,
 }
 
 /// Labels of `http_server_request_duration_seconds` (semconv names, `.` -> `_`).
@@ -65,10 +79,10 @@ pub struct ClientLabels {
 pub struct RedLabels {
     pub http_request_method: &'static str,
     pub http_response_status_code: u16,
-    pub http_route: String,
-    pub tenant: String,
+    pub http_route: Label,
+    pub tenant: Label,
     pub url_scheme: &'static str,
-    pub workload: String,
+    pub workload: Label,
 }
 
 /// Labels of `http_server_active_requests` (semconv `http.server.active_requests`).
@@ -501,10 +515,10 @@ impl HttpPipeline {
                 let labels = RedLabels {
                     http_request_method: call.method.as_str(),
                     http_response_status_code: call.status,
-                    http_route: call.route.to_string(),
-                    tenant: call.tenant.to_string(),
+                    http_route: Label(call.route.clone()),
+                    tenant: Label(call.tenant.clone()),
                     url_scheme: "http",
-                    workload: call.workload.to_string(),
+                    workload: Label(call.workload.clone()),
                 };
                 if !admit(&mut self.server_series, &labels, full) {
                     self.metrics.series_overflow.inc();
@@ -516,10 +530,10 @@ impl HttpPipeline {
                 let labels = ClientLabels {
                     http_request_method: call.method.as_str(),
                     http_response_status_code: call.status,
-                    server_address: call.host.clone().unwrap_or_default(),
-                    tenant: call.tenant.to_string(),
-                    url_template: call.route.to_string(),
-                    workload: call.workload.to_string(),
+                    server_address: Label(Arc::from(call.host.as_deref().unwrap_or(""))),
+                    tenant: Label(call.tenant.clone()),
+                    url_template: Label(call.route.clone()),
+                    workload: Label(call.workload.clone()),
                 };
                 if !admit(&mut self.client_series, &labels, full) {
                     self.metrics.series_overflow.inc();
