@@ -56,6 +56,20 @@ for t, how in tenants:
 keep.close()
 "#;
 
+/// Starts `python3 -c script`, which prints its listening port first; returns it and the port.
+fn python_server(script: &str) -> (std::process::Child, String) {
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("piped"))
+        .read_line(&mut line)
+        .expect("the server's port");
+    (child, line)
+}
+
 const TENANTS: [&str; 5] = ["acme", "globex", "initech", "umbrella", "hooli"];
 const CODES: [&str; 3] = ["200", "404", "503"];
 
@@ -92,15 +106,7 @@ fn http_red_metrics_per_tenant_exact() {
     )
     .expect("config");
     let agent = Agent::start(&["-c", config.to_str().expect("utf-8")]);
-    let mut server = Command::new("python3")
-        .args(["-c", SERVER])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    BufReader::new(server.stdout.as_mut().expect("piped"))
-        .read_line(&mut line)
-        .expect("port");
+    let (mut server, line) = python_server(SERVER);
     let port = line.trim().to_owned();
     let status = Command::new("python3")
         .args(["-c", CLIENT, &port])
@@ -182,6 +188,23 @@ print(s.server_address[1], flush=True)
 s.serve_forever()
 "#;
 
+/// Starts the independent OTLP/HTTP receiver; returns it, its span output and its endpoint.
+fn otlp_receiver() -> (
+    std::process::Child,
+    BufReader<std::process::ChildStdout>,
+    String,
+) {
+    let mut child = Command::new(py_otlp())
+        .args(["-c", RECEIVER])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("receiver");
+    let mut out = BufReader::new(child.stdout.take().expect("piped"));
+    let mut port = String::new();
+    out.read_line(&mut port).expect("receiver port");
+    (child, out, format!("http://127.0.0.1:{}", port.trim()))
+}
+
 /// Valid, invalid and missing traceparent; tenants by header and by Host subdomain.
 const TRACED_CLIENT: &str = r#"
 import http.client, sys
@@ -226,15 +249,7 @@ fn http_spans_reach_an_otlp_receiver_decoded_independently() {
     if !privileged("http_spans_reach_an_otlp_receiver_decoded_independently") {
         return;
     }
-    let mut receiver = Command::new(py_otlp())
-        .args(["-c", RECEIVER])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("receiver");
-    let mut out = BufReader::new(receiver.stdout.take().expect("piped"));
-    let mut port = String::new();
-    out.read_line(&mut port).expect("receiver port");
-    let endpoint = format!("http://127.0.0.1:{}", port.trim());
+    let (mut receiver, mut out, endpoint) = otlp_receiver();
     let config = std::env::temp_dir().join(format!("ts-http-spans-{}.toml", std::process::id()));
     std::fs::write(
         &config,
@@ -252,15 +267,7 @@ fn http_spans_reach_an_otlp_receiver_decoded_independently() {
         "--otlp-endpoint",
         &endpoint,
     ]);
-    let mut server = Command::new("python3")
-        .args(["-c", SERVER])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    BufReader::new(server.stdout.as_mut().expect("piped"))
-        .read_line(&mut line)
-        .expect("port");
+    let (mut server, line) = python_server(SERVER);
     let status = Command::new("python3")
         .args(["-c", TRACED_CLIENT, line.trim()])
         .status()
@@ -385,15 +392,7 @@ fn http_nginx_server_counts_per_tenant_and_status() {
     let conf_path = dir.join("nginx.conf");
     std::fs::write(&conf_path, conf).expect("nginx.conf");
     // Spans go to an independent OTLP receiver, as in the Python-server test.
-    let mut receiver = Command::new(py_otlp())
-        .args(["-c", RECEIVER])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("receiver");
-    let mut out = BufReader::new(receiver.stdout.take().expect("piped"));
-    let mut rport = String::new();
-    out.read_line(&mut rport).expect("receiver port");
-    let endpoint = format!("http://127.0.0.1:{}", rport.trim());
+    let (mut receiver, mut out, endpoint) = otlp_receiver();
     let mut agent = Agent::start(&[
         "--otlp-protocol",
         "http/protobuf",
@@ -486,15 +485,7 @@ fn http_exemplars_reach_a_real_prometheus() {
         return;
     }
     let agent = Agent::start(&[]);
-    let mut server = Command::new("python3")
-        .args(["-c", SERVER])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    BufReader::new(server.stdout.as_mut().expect("piped"))
-        .read_line(&mut line)
-        .expect("port");
+    let (mut server, line) = python_server(SERVER);
     let status = Command::new("python3")
         .args(["-c", TRACED_CLIENT, line.trim()])
         .status()
@@ -562,15 +553,7 @@ fn http_active_requests_follow_requests_in_flight() {
         return;
     }
     let agent = Agent::start(&[]);
-    let mut server = Command::new("python3")
-        .args(["-c", SERVER])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    BufReader::new(server.stdout.as_mut().expect("piped"))
-        .read_line(&mut line)
-        .expect("port");
+    let (mut server, line) = python_server(SERVER);
     let client = format!(
         r#"
 import http.client, threading
@@ -632,15 +615,7 @@ while True:
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
     let agent = Agent::start(&[]);
-    let mut server = Command::new("python3")
-        .args(["-c", WS_SERVER])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    BufReader::new(server.stdout.as_mut().expect("piped"))
-        .read_line(&mut line)
-        .expect("port");
+    let (mut server, line) = python_server(WS_SERVER);
     let client = format!(
         r#"
 import socket, time
@@ -724,15 +699,7 @@ print(s.server_address[1], flush=True)
 s.serve_forever()
 "#;
     let agent = Agent::start(&[]);
-    let mut server = Command::new("python3")
-        .args(["-c", CONTINUE_SERVER])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    BufReader::new(server.stdout.as_mut().expect("piped"))
-        .read_line(&mut line)
-        .expect("port");
+    let (mut server, line) = python_server(CONTINUE_SERVER);
     let client = format!(
         r#"
 import socket
