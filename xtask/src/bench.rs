@@ -24,6 +24,21 @@ pub fn bench(probe: String, args: Vec<String>) -> anyhow::Result<()> {
     }
 }
 
+/// Builds the agent and the load generators in release mode; returns their directory.
+fn release_bins() -> anyhow::Result<PathBuf> {
+    util::run(util::cargo(&[
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "tenantscope-agent",
+        "-p",
+        "tenantscope-tests",
+        "--bins",
+    ]))?;
+    Ok(util::target_dir()?.join("release"))
+}
+
 fn flag(args: &[String], name: &str, default: u64) -> anyhow::Result<u64> {
     match args.iter().position(|a| a == name) {
         Some(i) => args
@@ -48,17 +63,7 @@ const CONFIGS: [(&str, Option<&str>); 3] = [
 fn syscalls(args: &[String]) -> anyhow::Result<()> {
     let rounds = flag(args, "--rounds", 7)? as usize;
     let calls = flag(args, "--calls", 1_000_000)?;
-    util::run(util::cargo(&[
-        "build",
-        "--release",
-        "--locked",
-        "-p",
-        "tenantscope-agent",
-        "-p",
-        "tenantscope-tests",
-        "--bins",
-    ]))?;
-    let release = util::target_dir()?.join("release");
+    let release = release_bins()?;
     let (agent, load) = (
         release.join("tenantscope-agent"),
         release.join("ts-syscall-load"),
@@ -151,17 +156,7 @@ fn tcp(args: &[String]) -> anyhow::Result<()> {
     let rounds = flag(args, "--rounds", 7)? as usize;
     let conns = flag(args, "--conns", 20_000)?;
     let reps = flag(args, "--reps", 5)?.max(5);
-    util::run(util::cargo(&[
-        "build",
-        "--release",
-        "--locked",
-        "-p",
-        "tenantscope-agent",
-        "-p",
-        "tenantscope-tests",
-        "--bins",
-    ]))?;
-    let release = util::target_dir()?.join("release");
+    let release = release_bins()?;
     let (agent, load) = (
         release.join("tenantscope-agent"),
         release.join("ts-tcp-client"),
@@ -400,16 +395,8 @@ fn http(args: &[String]) -> anyhow::Result<()> {
             bail!("{tool} not found on PATH (`cargo xtask setup` installs nginx-light and wrk)");
         }
     }
-    util::run(util::cargo(&[
-        "build",
-        "--release",
-        "--locked",
-        "-p",
-        "tenantscope-agent",
-        "--bins",
-    ]))?;
+    let agent = release_bins()?.join("tenantscope-agent");
     let target = util::target_dir()?;
-    let agent = target.join("release").join("tenantscope-agent");
     let clk_tck: f64 = util::output(util::command("getconf", &["CLK_TCK"]))?
         .trim()
         .parse()
