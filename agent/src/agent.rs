@@ -336,9 +336,11 @@ impl Agent {
         let ring = ring.get_mut();
         let now = Instant::now();
         let (table, proc_root, t) = (&mut self.table, &self.proc_root, &self.telemetry);
+        // Counted per batch: a labelled counter lookup per record is measurable at 100k/s.
+        let (mut exchanges, mut closes, mut bad) = (0u64, 0u64, 0u64);
         while let Some(item) = ring.next() {
             let label_of = |tgid| resolve(table, proc_root, t, tgid, now);
-            let kind = match http::decode(&item) {
+            match http::decode(&item) {
                 Ok(http::Record::Exchange {
                     conn,
                     role,
@@ -352,26 +354,32 @@ impl Agent {
                     pipeline.on_record(
                         conn, role, tgid, tid, request, response, req_ts, resp_ts, label_of,
                     );
-                    "exchange"
+                    exchanges += 1;
                 }
                 Ok(http::Record::UpgradedClose { conn, at }) => {
                     pipeline.on_close(conn, at, label_of);
-                    "upgraded_close"
+                    closes += 1;
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "skipping undecodable http record");
-                    t.decode_errors
-                        .get_or_create(&ProbeLabels { probe: http::NAME })
-                        .inc();
-                    continue;
+                    bad += 1;
                 }
-            };
-            t.events
-                .get_or_create(&ProbeKindLabels {
-                    probe: http::NAME,
-                    kind,
-                })
-                .inc();
+            }
+        }
+        for (kind, n) in [("exchange", exchanges), ("upgraded_close", closes)] {
+            if n > 0 {
+                t.events
+                    .get_or_create(&ProbeKindLabels {
+                        probe: http::NAME,
+                        kind,
+                    })
+                    .inc_by(n);
+            }
+        }
+        if bad > 0 {
+            t.decode_errors
+                .get_or_create(&ProbeLabels { probe: http::NAME })
+                .inc_by(bad);
         }
     }
 
