@@ -52,6 +52,20 @@ pub fn agent_bin() -> PathBuf {
     p
 }
 
+/// The collector binary: `TENANTSCOPE_COLLECTOR_BIN`, else beside the agent binary.
+pub fn collector_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TENANTSCOPE_COLLECTOR_BIN") {
+        return p.into();
+    }
+    let p = agent_bin().with_file_name("tenantscope-collector");
+    assert!(
+        p.exists(),
+        "{} missing: build it first (`cargo build -p tenantscope-collector`; `cargo xtask test` does)",
+        p.display()
+    );
+    p
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -190,12 +204,16 @@ impl Drop for Agent {
 
 /// Minimal HTTP/1.0 GET against 127.0.0.1 (the server is ours; no client crate needed).
 pub fn http_get(port: u16, path: &str, accept: Option<&str>) -> Option<(u16, String)> {
+    let accept: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
+    http_get_headers(port, path, &accept)
+}
+
+/// [`http_get`] with request headers.
+pub fn http_get_headers(port: u16, path: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let accept = accept
-        .map(|a| format!("Accept: {a}\r\n"))
-        .unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{accept}\r\n").ok()?;
+    let headers: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{headers}\r\n").ok()?;
     let mut raw = String::new();
     s.read_to_string(&mut raw).ok()?;
     let (head, body) = raw.split_once("\r\n\r\n")?;

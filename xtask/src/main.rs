@@ -28,9 +28,16 @@ enum Cmd {
     Setup,
     /// Run the whole suite, as CI does: setup, fmt, clippy (userspace and eBPF), build, tests
     Test,
-    /// Set up, build the release agent and run it in the foreground
+    /// Set up, build the release agent and collector, start the collector and run the agent
+    /// in the foreground, exporting to it
     Run {
         /// Arguments for tenantscope-agent (after `--`)
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Print an SLA report from the local collector's store (default: every tenant, this month)
+    Report {
+        /// Arguments for `tenantscope-collector report` (after `--`), e.g. --tenant acme --format html
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -47,6 +54,7 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::setup(),
         Cmd::Test => test::test(),
         Cmd::Run { args } => run::run(args),
+        Cmd::Report { args } => run::report(args),
         Cmd::Bench { probe, args } => bench::bench(probe, args),
     };
     match result {

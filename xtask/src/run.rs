@@ -1,38 +1,99 @@
-//! `cargo xtask run [-- <agent args>]`: set up the node, build the release agent and run it in the
-//! foreground.
+//! `cargo xtask run [-- <agent args>]`: set up the node, build the release agent and collector,
+//! start the collector (embedded store, OTLP on 127.0.0.1:4317/4318, API on :9465) and run the
+//! agent in the foreground, exporting to it. `cargo xtask report [-- <report args>]` prints an
+//! SLA report from the same store (by default a one-line summary per tenant of this month).
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 
 use crate::{setup, util};
 
 /// The agent's default `server.listen` port (agent/src/config.rs).
 const DEFAULT_PORT: u16 = 9464;
+/// The collector's default API address and OTLP/gRPC port (collector/src/config.rs), which is
+/// also the agent's default OTLP endpoint.
+const COLLECTOR_API: &str = "127.0.0.1:9465";
 
-pub fn run(args: Vec<String>) -> anyhow::Result<()> {
-    setup::setup()?;
+fn build_release() -> anyhow::Result<PathBuf> {
     util::run(util::cargo(&[
         "build",
         "--release",
         "--locked",
         "-p",
         "tenantscope-agent",
+        "-p",
+        "tenantscope-collector",
     ]))?;
-    let bin = util::target_dir()?
-        .join("release")
-        .join("tenantscope-agent");
+    Ok(util::target_dir()?.join("release"))
+}
+
+pub fn run(args: Vec<String>) -> anyhow::Result<()> {
+    setup::setup()?;
+    let bin = build_release()?;
+
+    // The collector is the agent's child-to-be: when the agent (this process, after exec)
+    // exits, the kernel sends the collector SIGTERM (PR_SET_PDEATHSIG), so Ctrl-C or a SIGTERM
+    // to the agent stops both.
+    let collector_bin = bin.join("tenantscope-collector");
+    let mut collector = Command::new(&collector_bin);
+    collector.arg("serve");
+    // SAFETY: prctl is async-signal-safe and touches only the child being started.
+    unsafe {
+        collector.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = collector
+        .spawn()
+        .with_context(|| format!("cannot start {}", collector_bin.display()))?;
+    let addr: SocketAddr = COLLECTOR_API.parse().expect("a valid address");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if let Some(status) = child.try_wait()? {
+            bail!("the collector exited before it was ready ({status}); see its log above");
+        }
+        if Instant::now() > deadline {
+            bail!("the collector did not listen on {COLLECTOR_API} within 30s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let listen = listen_arg(&args).or_else(|| std::env::var("TENANTSCOPE_LISTEN").ok());
     println!(
         "tenantscope-agent: metrics at http://{}/metrics (health: /healthz, /readyz)",
         metrics_authority(listen.as_deref())
     );
+    println!(
+        "tenantscope-collector: API at http://{COLLECTOR_API}/api/v1/tenants, metrics at \
+         http://{COLLECTOR_API}/metrics; this month's report: cargo xtask report"
+    );
     // exec: the agent takes over this process (same pid, same terminal process group), so
     // Ctrl-C and SIGTERM reach it directly and its exit status is ours.
-    let err = Command::new(&bin).args(&args).exec();
+    let agent = bin.join("tenantscope-agent");
+    let err = Command::new(&agent).args(&args).exec();
+    Err(err).with_context(|| format!("cannot exec {}", agent.display()))
+}
+
+/// `tenantscope-collector report` from the release build; without arguments, the one-line
+/// summary of every tenant for the current period.
+pub fn report(args: Vec<String>) -> anyhow::Result<()> {
+    util::run(util::cargo(&[
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "tenantscope-collector",
+    ]))?;
+    let bin = util::target_dir()?.join("release").join("tenantscope-collector");
+    let err = Command::new(&bin).arg("report").args(&args).exec();
     Err(err).with_context(|| format!("cannot exec {}", bin.display()))
 }
 

@@ -28,6 +28,7 @@ pub fn test() -> anyhow::Result<()> {
     let started = Instant::now();
     let target_dir = util::target_dir()?;
     let agent_bin = target_dir.join("debug").join("tenantscope-agent");
+    let collector_bin = target_dir.join("debug").join("tenantscope-collector");
 
     let mut steps = vec![Step {
         name: "setup",
@@ -63,11 +64,15 @@ pub fn test() -> anyhow::Result<()> {
         .env_remove("RUSTFLAGS");
     step("clippy (eBPF)", clippy_ebpf);
 
-    // The privileged tests start the real agent binary.
-    step("build agent", cargo("build --locked -p tenantscope-agent"));
+    // The privileged tests start the real agent and collector binaries.
+    step(
+        "build agent and collector",
+        cargo("build --locked -p tenantscope-agent -p tenantscope-collector"),
+    );
 
     let with_test_env = |mut cmd: Command| {
         cmd.env("TENANTSCOPE_AGENT_BIN", &agent_bin)
+            .env("TENANTSCOPE_COLLECTOR_BIN", &collector_bin)
             // Privileged tests fail instead of skipping when they cannot run.
             .env("TENANTSCOPE_REQUIRE_PRIVILEGED", "1");
         cmd

@@ -1,0 +1,233 @@
+//! The real collector binary: OTLP ingest over HTTP (protobuf, JSON, gzip) and gRPC behind
+//! bearer tokens, size limits, retries deduplicated, and the SLA API's tenant scoping.
+
+mod common;
+
+use std::io::Write as _;
+
+use common::{Collector, export, point, post_export, unix_now};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceResponse, metrics_service_client::MetricsServiceClient,
+};
+use prost::Message as _;
+use tenantscope_collector::auth::{hex, sha256};
+
+const AGENT: &str = "agent-secret-1";
+const ADMIN: &str = "admin-secret-2";
+const ACME: &str = "acme-secret-3";
+
+fn config() -> String {
+    let token = |name: &str, role: &str, tenant: Option<&str>, secret: &str| {
+        format!(
+            "[[auth.tokens]]\nname = \"{name}\"\nrole = \"{role}\"\n{}sha256 = \"{}\"\n\n",
+            tenant.map_or(String::new(), |t| format!("tenant = \"{t}\"\n")),
+            hex(&sha256(secret))
+        )
+    };
+    [
+        token("agents", "agent", None, AGENT),
+        token("ops", "admin", None, ADMIN),
+        token("acme", "tenant", Some("acme"), ACME),
+    ]
+    .concat()
+}
+
+fn get(url: &str, token: Option<&str>) -> (u16, String) {
+    let mut r = reqwest::blocking::Client::new().get(url);
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    let resp = r.send().expect("API reachable");
+    (resp.status().as_u16(), resp.text().unwrap_or_default())
+}
+
+fn counter(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn ingest_and_api_enforce_tokens_limits_and_tenant_scope() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let collector = Collector::start(dir.path(), &config());
+    let client = reqwest::blocking::Client::new();
+    let url = collector.otlp_url("/v1/metrics");
+    let end = unix_now() / 60 * 60 - 60;
+    let acme = export(
+        "api",
+        vec![
+            point("acme", "/posts/{id}", 200, 90, 5, end),
+            point("acme", "/posts/{id}", 503, 5, 0, end),
+        ],
+    );
+    let globex = export("web", vec![point("globex", "/", 200, 10, 0, end)]);
+
+    // OTLP/HTTP: no token, a wrong one, a tenant token: refused, nothing stored.
+    assert_eq!(post_export(&client, &url, None, &acme), Some(401));
+    assert_eq!(post_export(&client, &url, Some("nope"), &acme), Some(401));
+    assert_eq!(post_export(&client, &url, Some(ACME), &acme), Some(403));
+    // The agent token: accepted; the same export again is acknowledged but not counted.
+    let resp = client
+        .post(&url)
+        .bearer_auth(AGENT)
+        .header("content-type", "application/x-protobuf")
+        .body(acme.encode_to_vec())
+        .send()
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 200);
+    let body = ExportMetricsServiceResponse::decode(resp.bytes().expect("body")).expect("OTLP");
+    assert_eq!(body.partial_success, None);
+    assert_eq!(post_export(&client, &url, Some(AGENT), &acme), Some(200));
+    // JSON, gzip-compressed.
+    let json = serde_json::to_vec(&globex).expect("JSON");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&json).expect("gzip");
+    let resp = client
+        .post(&url)
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(gz.finish().expect("gzip"))
+        .send()
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 200, "{:?}", resp.text());
+    // Garbage and oversized bodies: clear refusals.
+    let resp = client
+        .post(&url)
+        .bearer_auth(AGENT)
+        .header("content-type", "application/x-protobuf")
+        .body(vec![0xff; 64])
+        .send()
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 400);
+    assert!(resp.text().unwrap_or_default().contains("protobuf body"));
+    let resp = client
+        .post(&url)
+        .bearer_auth(AGENT)
+        .header("content-type", "application/x-protobuf")
+        .body(vec![0u8; 9 << 20])
+        .send()
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 413);
+    let resp = client
+        .post(&url)
+        .bearer_auth(AGENT)
+        .header("content-type", "text/plain")
+        .body("hi")
+        .send()
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 415);
+
+    // OTLP/gRPC: the same rules.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut grpc =
+            MetricsServiceClient::connect(format!("http://127.0.0.1:{}", collector.grpc))
+                .await
+                .expect("gRPC connect");
+        let err = grpc.export(globex.clone()).await.expect_err("no token");
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        let mut req =
+            tonic::Request::new(export("web", vec![point("globex", "/", 500, 2, 0, end)]));
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {AGENT}").parse().expect("ascii"),
+        );
+        grpc.export(req)
+            .await
+            .expect("gRPC export with the agent token");
+    });
+
+    // The API: reports need a token that may read the tenant.
+    let sla = |tenant: &str| collector.url(&format!("/api/v1/tenants/{tenant}/sla?period=current"));
+    assert_eq!(get(&sla("acme"), None).0, 401);
+    assert_eq!(get(&sla("acme"), Some("nope")).0, 401);
+    assert_eq!(get(&sla("acme"), Some(AGENT)).0, 403);
+    assert_eq!(
+        get(&sla("globex"), Some(ACME)).0,
+        403,
+        "a tenant token reads only its tenant"
+    );
+    let (code, body) = get(&sla("acme"), Some(ACME));
+    assert_eq!(code, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).expect("JSON report");
+    assert_eq!(report["tenant"], "acme");
+    assert_eq!(report["totals"]["requests"], 100, "{body}");
+    assert_eq!(report["totals"]["errors"], 5, "{body}");
+    let (code, body) = get(&sla("globex"), Some(ADMIN));
+    assert_eq!(code, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).expect("JSON report");
+    assert_eq!(report["totals"]["requests"], 12, "{body}");
+    assert_eq!(report["totals"]["errors"], 2, "{body}");
+    let (code, body) = get(&collector.url("/api/v1/tenants"), Some(ACME));
+    assert_eq!((code, body.as_str()), (200, "[\"acme\"]"));
+    let (code, body) = get(&collector.url("/api/v1/tenants"), Some(ADMIN));
+    assert_eq!((code, body.as_str()), (200, "[\"acme\",\"globex\"]"));
+    let (code, body) = get(&format!("{}&format=csv", sla("acme")), Some(ADMIN));
+    assert_eq!(code, 200);
+    assert!(body.contains("acme"), "{body}");
+    let (code, body) = get(
+        &collector.url("/api/v1/tenants/acme/sla?period=13-2026"),
+        Some(ADMIN),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("period"), "{body}");
+
+    // Everything above is counted by outcome.
+    let m = collector.metrics_text();
+    let req = |signal: &str, transport: &str, outcome: &str| {
+        counter(
+            &m,
+            "tenantscope_collector_otlp_requests_total",
+            &[
+                &format!("signal=\"{signal}\""),
+                &format!("transport=\"{transport}\""),
+                &format!("outcome=\"{outcome}\""),
+            ],
+        )
+    };
+    assert_eq!(req("metrics", "http", "ok"), 2.0, "{m}");
+    assert_eq!(req("metrics", "http", "duplicate"), 1.0, "{m}");
+    assert_eq!(req("metrics", "http", "unauthenticated"), 2.0, "{m}");
+    assert_eq!(req("metrics", "http", "forbidden"), 1.0, "{m}");
+    assert_eq!(req("metrics", "http", "bad_request"), 1.0, "{m}");
+    assert_eq!(req("metrics", "http", "too_large"), 1.0, "{m}");
+    assert_eq!(req("metrics", "http", "unsupported_media_type"), 1.0, "{m}");
+    assert_eq!(req("metrics", "grpc", "unauthenticated"), 1.0, "{m}");
+    assert_eq!(req("metrics", "grpc", "ok"), 1.0, "{m}");
+    assert_eq!(
+        counter(
+            &m,
+            "tenantscope_collector_otlp_data_points_total",
+            &["outcome=\"accepted\""]
+        ),
+        4.0,
+        "{m}"
+    );
+}
+
+#[test]
+fn without_tokens_only_loopback_is_allowed() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenantscope-collector"))
+        .args([
+            "serve",
+            "--otlp-grpc",
+            "0.0.0.0:0",
+            "--store",
+            "/nonexistent/x.db",
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not a loopback address and no auth.tokens"),
+        "{err}"
+    );
+}
