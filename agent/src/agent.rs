@@ -8,7 +8,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -81,6 +81,8 @@ pub struct Agent {
     http_probe: Option<http::HttpProbe>,
     http_active: Vec<(tenantscope_agent_common::http::ActiveKey, u64)>,
     http: Option<crate::aggregate::http::HttpPipeline>,
+    /// Where finished SLI intervals go (`None`: no SLI export, or no HTTP pipeline).
+    sli: Option<crate::sli_export::SliSender>,
     probes: Vec<(&'static str, ProbeState)>,
     table: ProcessTable,
     agg: SyscallAggregator,
@@ -109,6 +111,7 @@ impl Agent {
         collector: Arc<SnapshotCollector>,
         health: Arc<Health>,
         spans: Option<crate::aggregate::http::SpanSetup>,
+        sli: Option<crate::sli_export::SliSender>,
     ) -> Result<Self, ProbeError> {
         let own_tgid = std::process::id();
         // Offsets must be known before load: they are patched into the object.
@@ -219,13 +222,19 @@ impl Agent {
                     telemetry.http.clone(),
                     &cfg.http.span_headers,
                 );
-                Some(match spans {
+                let p = match spans {
                     Some(setup) => p.with_spans(setup),
+                    None => p,
+                };
+                Some(match &sli {
+                    Some(_) => p.with_sli(SystemTime::now()),
                     None => p,
                 })
             }
             None => None,
         };
+        // Without a pipeline there is nothing to export: dropping the sender ends the task.
+        let sli = sli.filter(|_| http.is_some());
 
         // Parsing the kernel's BTF (two copies of ~5 MB) left freed memory in the heap that
         // glibc keeps mapped: hand it back so the agent's RSS reflects its steady state.
@@ -247,6 +256,7 @@ impl Agent {
             http_probe,
             http_active: Vec::new(),
             http,
+            sli,
             table: ProcessTable::new(cfg.workloads.max, cfg.workloads.idle_ttl),
             cfg,
             loaded,
@@ -283,12 +293,20 @@ impl Agent {
         let mut read_tick = ticker(self.cfg.syscalls.read_interval);
         let mut poll_tick = ticker(self.cfg.process.poll_interval);
         let mut rescan_tick = ticker(self.cfg.process.rescan_interval);
+        // The first SLI interval ends one period after the start, not at once.
+        let mut sli_tick = self.sli.as_ref().map(|s| {
+            let mut i =
+                tokio::time::interval_at(tokio::time::Instant::now() + s.interval(), s.interval());
+            i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            i
+        });
         tokio::pin!(shutdown);
         enum Wake {
             Stop,
             Events,
             Read,
             Rescan,
+            Sli,
         }
         loop {
             self.health.beat();
@@ -300,6 +318,7 @@ impl Agent {
                 _ = poll_tick.tick() => Wake::Events,
                 _ = read_tick.tick() => Wake::Read,
                 _ = rescan_tick.tick() => Wake::Rescan,
+                () = tick(sli_tick.as_mut()) => Wake::Sli,
             };
             match wake {
                 Wake::Stop => break,
@@ -312,13 +331,38 @@ impl Agent {
                 }
                 Wake::Read => self.read_cycle(),
                 Wake::Rescan => self.rescan(false),
+                Wake::Sli => self.cut_sli_interval(),
             }
         }
         self.drain_events();
         if let Some(p) = self.http.as_mut() {
             p.flush_pending();
+            // The last, partial SLI interval; the export task sends it and ends.
+            if let Some(sli) = self.sli.take()
+                && let Some(last) = p.take_sli(SystemTime::now())
+            {
+                sli.finish(last);
+            }
         }
         tracing::info!("detaching probes");
+    }
+
+    /// Ends the current SLI interval and hands it to the export task (which also retries failed
+    /// requests then); if the task has not taken the previous one yet, the interval goes on.
+    fn cut_sli_interval(&mut self) {
+        // Exchanges whose response started before now belong to this interval.
+        self.drain_events();
+        let (Some(p), Some(sli)) = (self.http.as_mut(), self.sli.as_ref()) else {
+            return;
+        };
+        let now = SystemTime::now();
+        let cut = || {
+            p.take_sli(now)
+                .unwrap_or_else(|| crate::sli_export::SliInterval::empty(now))
+        };
+        if !sli.offer(cut) {
+            tracing::debug!("the SLI export is still busy; the current interval goes on");
+        }
     }
 
     /// Applies every queued event: process events first, so that the processes named by TCP
@@ -795,6 +839,15 @@ fn ticker(period: Duration) -> tokio::time::Interval {
     let mut i = tokio::time::interval(period);
     i.set_missed_tick_behavior(MissedTickBehavior::Delay);
     i
+}
+
+async fn tick(interval: Option<&mut tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 async fn readable(fd: Option<&AsyncFd<RingBuf<MapData>>>) {

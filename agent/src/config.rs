@@ -102,10 +102,30 @@ pub struct Cli {
     #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG", value_name = "RATIO")]
     pub traces_sampler_arg: Option<f64>,
 
+    /// How often the request SLIs are exported over OTLP, e.g. 10s or 1m; a bare number is
+    /// milliseconds, as in OTEL_METRIC_EXPORT_INTERVAL (1s to 5m) [file: otlp.metrics_interval]
+    #[arg(
+        long,
+        env = "OTEL_METRIC_EXPORT_INTERVAL",
+        value_name = "DURATION",
+        value_parser = parse_export_interval
+    )]
+    pub otlp_metrics_interval: Option<Duration>,
+
     /// Load and validate the configuration, print the effective config as TOML, and exit: 0 if
     /// it is valid, 2 (with the error) if not
     #[arg(long)]
     pub check_config: bool,
+}
+
+/// A duration such as `10s`, or a bare number of milliseconds (`OTEL_METRIC_EXPORT_INTERVAL`).
+fn parse_export_interval(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(ms) = text.parse::<u64>() {
+        return Ok(Duration::from_millis(ms));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("expected milliseconds or a duration such as 10s: {e}"))
 }
 
 const AFTER_HELP: &str = "\
@@ -582,6 +602,9 @@ impl Config {
         if let Some(ratio) = cli.traces_sampler_arg {
             self.otlp.sampler_arg = ratio;
         }
+        if let Some(interval) = cli.otlp_metrics_interval {
+            self.otlp.metrics_interval = interval;
+        }
         for probe in &cli.disable_probes {
             match probe {
                 Probe::Syscalls => self.syscalls.enabled = false,
@@ -804,6 +827,9 @@ const OTLP_BATCH_TIMEOUT: (Duration, Duration) =
 const OTLP_CLIENT_PARENT_WAIT: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(60));
 const OTLP_MAX_PENDING_CLIENT_SPANS: (usize, usize) = (0, 1_000_000);
 const OTLP_MAX_HEADERS: usize = 64;
+const OTLP_METRICS_INTERVAL: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(5 * 60));
+const OTLP_METRICS_QUEUE: (usize, usize) = (1, 10_000);
 
 /// `[otlp]`: one OpenTelemetry span per captured HTTP request, exported over OTLP. The
 /// `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_EXPORTER_OTLP_HEADERS`,
@@ -812,7 +838,8 @@ const OTLP_MAX_HEADERS: usize = 64;
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OtlpConfig {
-    /// Whether spans are assembled and exported. Default `true`.
+    /// Whether anything is exported over OTLP: spans, and the request SLIs when `metrics` is
+    /// on. Default `true`.
     pub enabled: bool,
     /// Transport: `grpc` or `http/protobuf`. Default `grpc`.
     pub protocol: OtlpProtocol,
@@ -855,6 +882,19 @@ pub struct OtlpConfig {
     /// header names and values, at most 64. `OTEL_EXPORTER_OTLP_HEADERS` is merged over them.
     /// Default none.
     pub headers: std::collections::BTreeMap<String, String>,
+    /// Whether the server-side request SLIs (`http.server.request.duration`, a delta histogram
+    /// per method, status, route and tenant) are exported over OTLP as well, to the same
+    /// endpoint (`/v1/metrics` for http/protobuf). Spans are sampled; these count every request.
+    /// Default `true`.
+    pub metrics: bool,
+    /// How often the SLI histograms are exported: each request carries the requests of one
+    /// interval. 1s to 5m. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub metrics_interval: Duration,
+    /// SLI export requests kept for retry (one attempt per interval, the same bytes each time)
+    /// while the collector is unreachable; when full, the oldest is dropped and counted.
+    /// 1 to 10000. Default `60` (10 minutes at the default interval).
+    pub metrics_queue: usize,
 }
 
 impl Default for OtlpConfig {
@@ -882,6 +922,12 @@ impl Default for OtlpConfig {
             // About 1 KiB each: a few MiB at most.
             max_pending_client_spans: 4096,
             headers: Default::default(),
+            // The collector's SLA rollups need every request, not a sample.
+            metrics: true,
+            // Fine enough for minute rollups and 5-minute burn-rate windows.
+            metrics_interval: Duration::from_secs(10),
+            // Ten minutes of a collector outage or restart at the default interval.
+            metrics_queue: 60,
         }
     }
 }
@@ -953,6 +999,12 @@ impl OtlpConfig {
                 ));
             }
         }
+        check_duration(
+            "otlp.metrics_interval",
+            self.metrics_interval,
+            OTLP_METRICS_INTERVAL,
+        )?;
+        check_range("otlp.metrics_queue", self.metrics_queue, OTLP_METRICS_QUEUE)?;
         Ok(())
     }
 }
@@ -1134,6 +1186,10 @@ fn blame_override(error: ConfigError, cli: &Cli) -> ConfigError {
             .otlp_headers
             .clone()
             .map(|v| ("--otlp-headers", "OTEL_EXPORTER_OTLP_HEADERS", v)),
+        "otlp.metrics_interval" => cli.otlp_metrics_interval.map(|v| {
+            let v = humantime::format_duration(v).to_string();
+            ("--otlp-metrics-interval", "OTEL_METRIC_EXPORT_INTERVAL", v)
+        }),
         "otlp.sampler_arg" => cli.traces_sampler_arg.map(|v| {
             (
                 "--traces-sampler-arg",
@@ -1637,6 +1693,19 @@ mod tests {
             ("otlp.sampler_arg", with(|c| c.otlp.sampler_arg = 1.5)),
             ("otlp.sampler_arg", with(|c| c.otlp.sampler_arg = f64::NAN)),
             (
+                "otlp.metrics_interval",
+                with(|c| c.otlp.metrics_interval = ms(999)),
+            ),
+            (
+                "otlp.metrics_interval",
+                with(|c| c.otlp.metrics_interval = s(301)),
+            ),
+            ("otlp.metrics_queue", with(|c| c.otlp.metrics_queue = 0)),
+            (
+                "otlp.metrics_queue",
+                with(|c| c.otlp.metrics_queue = 10_001),
+            ),
+            (
                 "otlp.client_parent_wait",
                 with(|c| c.otlp.client_parent_wait = s(61)),
             ),
@@ -1750,12 +1819,15 @@ mod tests {
         assert_eq!(otlp.timeout, Duration::from_secs(10));
         assert_eq!(otlp.sampler, TracesSampler::ParentbasedTraceidratio);
         assert_eq!(otlp.sampler_arg, 1.0);
+        assert!(otlp.metrics);
+        assert_eq!(otlp.metrics_interval, Duration::from_secs(10));
+        assert_eq!(otlp.metrics_queue, 60);
         let http = OtlpConfig {
             protocol: OtlpProtocol::HttpProtobuf,
             ..OtlpConfig::default()
         };
         assert_eq!(http.effective_endpoint(), "http://127.0.0.1:4318");
-        let edits: [fn(&mut OtlpConfig); 14] = [
+        let edits: [fn(&mut OtlpConfig); 19] = [
             |c| c.endpoint = "http://otel-collector.observability:4317".into(),
             |c| c.endpoint = "http://[::1]:4318/base/".into(),
             |c| c.timeout = Duration::from_millis(100),
@@ -1772,6 +1844,11 @@ mod tests {
             |c| c.client_parent_wait = Duration::ZERO,
             |c| c.client_parent_wait = Duration::from_secs(60),
             |c| c.max_pending_client_spans = 0,
+            |c| c.metrics = false,
+            |c| c.metrics_interval = Duration::from_secs(1),
+            |c| c.metrics_interval = Duration::from_secs(300),
+            |c| c.metrics_queue = 1,
+            |c| c.metrics_queue = 10_000,
             |c| {
                 c.headers
                     .insert("Authorization".into(), "Bearer abc".into());
@@ -2098,6 +2175,11 @@ mod tests {
                 "--traces-sampler-arg",
                 "OTEL_TRACES_SAMPLER_ARG",
             ),
+            (
+                &["--otlp-metrics-interval", "500"][..],
+                "--otlp-metrics-interval",
+                "OTEL_METRIC_EXPORT_INTERVAL",
+            ),
         ] {
             let error = Config::load(&parse(args)).unwrap_err();
             match &error {
@@ -2146,6 +2228,7 @@ mod tests {
             ("otlp_headers", "OTEL_EXPORTER_OTLP_HEADERS"),
             ("traces_sampler", "OTEL_TRACES_SAMPLER"),
             ("traces_sampler_arg", "OTEL_TRACES_SAMPLER_ARG"),
+            ("otlp_metrics_interval", "OTEL_METRIC_EXPORT_INTERVAL"),
         ] {
             assert_eq!(env_of(id).as_deref(), Some(env), "{id}");
         }
@@ -2196,6 +2279,7 @@ mod tests {
             .env("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20t")
             .env("OTEL_TRACES_SAMPLER", "traceidratio")
             .env("OTEL_TRACES_SAMPLER_ARG", "0.25")
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "30000")
             .output()
             .expect("the test binary should rerun");
         std::fs::remove_file(&path).ok();
@@ -2244,6 +2328,8 @@ mod tests {
         // Env over default.
         expected.otlp.protocol = OtlpProtocol::HttpProtobuf;
         expected.otlp.sampler = TracesSampler::Traceidratio;
+        // Milliseconds, as the OpenTelemetry variable has it.
+        expected.otlp.metrics_interval = Duration::from_secs(30);
         expected.server.listen = "127.0.0.1:19464".parse().expect("valid address");
         expected.syscalls.enabled = false;
         expected.process.enabled = false;
@@ -2252,6 +2338,21 @@ mod tests {
         expected.process.rescan_interval = Duration::from_secs(60);
         expected.otlp.batch_size = 100;
         assert_eq!(config, expected);
+    }
+
+    #[test]
+    fn metrics_interval_takes_milliseconds_or_a_duration() {
+        let cli = parse(&["--otlp-metrics-interval", "15000"]);
+        assert_eq!(cli.otlp_metrics_interval, Some(Duration::from_secs(15)));
+        let cli = parse(&["--otlp-metrics-interval", "1m"]);
+        assert_eq!(cli.otlp_metrics_interval, Some(Duration::from_secs(60)));
+        let message = parse_err(&["--otlp-metrics-interval", "soon"]);
+        assert!(message.contains("milliseconds"), "{message}");
+        let config =
+            from_str("[otlp]\nmetrics = false\nmetrics_interval = \"30s\"\nmetrics_queue = 5\n");
+        assert!(!config.otlp.metrics);
+        assert_eq!(config.otlp.metrics_interval, Duration::from_secs(30));
+        assert_eq!(config.otlp.metrics_queue, 5);
     }
 
     #[test]

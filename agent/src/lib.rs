@@ -8,6 +8,7 @@ pub mod http;
 pub mod otlp;
 pub mod probes;
 pub mod server;
+pub mod sli_export;
 pub mod spans;
 pub mod telemetry;
 pub mod workload;

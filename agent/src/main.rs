@@ -7,7 +7,7 @@ use tenantscope_agent::{
     agent::{Agent, Health},
     aggregate::http::SpanSetup,
     config::{Cli, Config, LogFormat},
-    otlp, server,
+    otlp, server, sli_export,
     spans::SpanOptions,
     telemetry::{SnapshotCollector, Telemetry},
 };
@@ -61,6 +61,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut registry = telemetry.register(collector.clone());
     let span_metrics = otlp::SpanMetrics::default();
     span_metrics.register(&mut registry);
+    let sli_metrics = sli_export::SliMetrics::default();
+    sli_metrics.register(&mut registry);
     let registry = Arc::new(registry);
     // Stalled if the loop has not turned for 3 read intervals (it also turns on every poll).
     let health = Arc::new(Health::new(
@@ -68,11 +70,14 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     ));
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    // Spans: the export task runs beside the agent; the agent's HTTP pipeline feeds it.
-    let (spans, exporter) = if cfg.otlp.enabled && cfg.http.enabled {
+    // Spans and request SLIs share one resource per workload.
+    let resource = (cfg.otlp.enabled && cfg.http.enabled).then(|| {
         let host = hostname();
         let node = std::env::var("NODE_NAME").ok();
-        let resource = otlp::resource_from_env(host.as_deref(), node.as_deref());
+        otlp::resource_from_env(host.as_deref(), node.as_deref())
+    });
+    // Spans: the export task runs beside the agent; the agent's HTTP pipeline feeds it.
+    let (spans, exporter) = if let Some(resource) = resource.clone() {
         let (sink, task) = otlp::start(&cfg.otlp, resource, span_metrics.clone());
         // It stops when the agent, and with it the last sink, is dropped: the agent flushes its
         // pending spans into the queue first, and the task exports them before ending.
@@ -87,7 +92,23 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     } else {
         (None, None)
     };
-    let agent = Agent::start(cfg.clone(), telemetry, collector, health.clone(), spans)?;
+    // Request SLIs: the agent loop hands each interval to the export task; at stop it hands
+    // over the last, partial one, and the task ends once it has sent it.
+    let (sli, sli_exporter) = match resource.filter(|_| cfg.otlp.metrics) {
+        Some(resource) => {
+            let (sender, task) = sli_export::start(&cfg.otlp, resource, sli_metrics.clone());
+            (Some(sender), Some(tokio::spawn(task.run())))
+        }
+        None => (None, None),
+    };
+    let agent = Agent::start(
+        cfg.clone(),
+        telemetry,
+        collector,
+        health.clone(),
+        spans,
+        sli,
+    )?;
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(server::serve(
         listener,
@@ -116,21 +137,39 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     }
     let _ = stop_tx.send(true);
-    if let Some(handle) = exporter {
-        // The agent (and with it the span sink) is gone: the task flushes what is queued.
-        let deadline = cfg.otlp.timeout * 2 + Duration::from_secs(1);
-        if tokio::time::timeout(deadline, handle).await.is_err() {
-            tracing::warn!(
-                "span export did not finish within {deadline:?}; remaining spans dropped"
-            );
-        }
-    }
+    // The agent (and with it the span sink and the SLI sender) is gone: the tasks flush what
+    // is queued, side by side, each within about twice otlp.timeout.
+    let deadline = cfg.otlp.timeout * 2 + Duration::from_secs(1);
+    tokio::join!(
+        finish_export(exporter, deadline, "span export", "spans"),
+        finish_export(
+            sli_exporter,
+            deadline,
+            "request SLI export",
+            "SLI intervals"
+        ),
+    );
     server
         .await
         .context("metrics server task")?
         .context("metrics server")?;
     tracing::info!("stopped; all probes detached");
     Ok(())
+}
+
+/// Waits for an export task's last flush, at most `deadline`.
+async fn finish_export(
+    handle: Option<tokio::task::JoinHandle<()>>,
+    deadline: Duration,
+    what: &str,
+    lost: &str,
+) {
+    let Some(handle) = handle else {
+        return;
+    };
+    if tokio::time::timeout(deadline, handle).await.is_err() {
+        tracing::warn!("{what} did not finish within {deadline:?}; remaining {lost} dropped");
+    }
 }
 
 fn hostname() -> Option<String> {

@@ -2,9 +2,10 @@
 //! trace decision per exchange ([`crate::spans::decide`]) that both the span and the exemplar
 //! use, then the OpenTelemetry-named duration histograms with one exemplar per bucket carrying
 //! the trace id of a sampled span, the span itself (to a [`SpanSink`]), and WebSocket
-//! connections per tenant. Client exchanges wait (bounded) for the server exchange of their
-//! thread to become their parent, so their series and span appear up to
-//! `otlp.client_parent_wait` later (see [`crate::spans`] for the rule and its limits).
+//! connections per tenant; with [`HttpPipeline::with_sli`], the same counted server requests per
+//! series for the OTLP SLI export ([`crate::sli_export`]). Client exchanges wait (bounded) for
+//! the server exchange of their thread to become their parent, so their series and span appear
+//! up to `otlp.client_parent_wait` later (see [`crate::spans`] for the rule and its limits).
 //! Synchronous; the metric families are shared with the exposition (prometheus-client builds
 //! exemplars only through its own histogram type).
 
@@ -33,6 +34,7 @@ use crate::{
         trace,
     },
     otlp::{Outcome, SpanMetrics, SpanSink, Unparented},
+    sli_export::{SliAccumulator, SliInterval},
     spans::{
         self, AgentSpan, HttpCall, MonoToUnix, Parent, PendingClients, SpanOptions, TraceDecision,
     },
@@ -187,6 +189,8 @@ pub struct HttpPipeline {
     now_ns: u64,
     out: Vec<Output>,
     calls: Vec<HttpCall>,
+    /// Server requests per RED series for the OTLP SLI export (`with_sli`).
+    sli: Option<SliAccumulator>,
 }
 
 impl HttpPipeline {
@@ -224,7 +228,21 @@ impl HttpPipeline {
             now_ns: 0,
             out: Vec::new(),
             calls: Vec::new(),
+            sli: None,
         }
+    }
+
+    /// Also accumulates every counted server request for the OTLP SLI export
+    /// ([`crate::sli_export`]), from `start` (wall clock) on.
+    pub fn with_sli(mut self, start: SystemTime) -> Self {
+        self.sli = Some(SliAccumulator::new(start));
+        self
+    }
+
+    /// Ends the current SLI interval at `end` (wall clock) and returns its requests; `None`
+    /// without `with_sli`.
+    pub fn take_sli(&mut self, end: SystemTime) -> Option<SliInterval> {
+        self.sli.as_mut().map(|s| s.take(end))
     }
 
     /// Sampling, parenting and span output. Without it: the default sampler, no spans, and no
@@ -523,6 +541,10 @@ impl HttpPipeline {
                 if !admit(&mut self.server_series, &labels, full) {
                     self.metrics.series_overflow.inc();
                     return;
+                }
+                // The same admitted series as the Prometheus histogram.
+                if let Some(sli) = &mut self.sli {
+                    sli.record(&labels, seconds);
                 }
                 self.metrics.server.get_or_create(&labels).clone()
             }
