@@ -52,7 +52,9 @@ fn counter(metrics: &str, name: &str, labels: &[&str]) -> f64 {
 #[test]
 fn ingest_and_api_enforce_tokens_limits_and_tenant_scope() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let collector = Collector::start(dir.path(), &config());
+    // A small body limit, so an oversized body fits in the socket buffers and the client reads
+    // the 413 instead of a reset.
+    let collector = Collector::start_with(dir.path(), "max_request_bytes = 65536", &config());
     let client = reqwest::blocking::Client::new();
     let url = collector.otlp_url("/v1/metrics");
     let end = unix_now() / 60 * 60 - 60;
@@ -108,7 +110,19 @@ fn ingest_and_api_enforce_tokens_limits_and_tenant_scope() {
         .post(&url)
         .bearer_auth(AGENT)
         .header("content-type", "application/x-protobuf")
-        .body(vec![0u8; 9 << 20])
+        .body(vec![0u8; 128 << 10])
+        .send()
+        .expect("post");
+    assert_eq!(resp.status().as_u16(), 413);
+    // A gzip bomb: small on the wire, over the limit once inflated.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&vec![0u8; 1 << 20]).expect("gzip");
+    let resp = client
+        .post(&url)
+        .bearer_auth(AGENT)
+        .header("content-type", "application/x-protobuf")
+        .header("content-encoding", "gzip")
+        .body(gz.finish().expect("gzip"))
         .send()
         .expect("post");
     assert_eq!(resp.status().as_u16(), 413);
@@ -197,7 +211,7 @@ fn ingest_and_api_enforce_tokens_limits_and_tenant_scope() {
     assert_eq!(req("metrics", "http", "unauthenticated"), 2.0, "{m}");
     assert_eq!(req("metrics", "http", "forbidden"), 1.0, "{m}");
     assert_eq!(req("metrics", "http", "bad_request"), 1.0, "{m}");
-    assert_eq!(req("metrics", "http", "too_large"), 1.0, "{m}");
+    assert_eq!(req("metrics", "http", "too_large"), 2.0, "{m}");
     assert_eq!(req("metrics", "http", "unsupported_media_type"), 1.0, "{m}");
     assert_eq!(req("metrics", "grpc", "unauthenticated"), 1.0, "{m}");
     assert_eq!(req("metrics", "grpc", "ok"), 1.0, "{m}");

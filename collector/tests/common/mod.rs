@@ -48,6 +48,11 @@ impl Collector {
     /// Starts the collector with `config` (TOML, without the [server] listen addresses and the
     /// store path, which this sets) and waits until it is ready.
     pub fn start(dir: &Path, config: &str) -> Collector {
+        Self::start_with(dir, "", config)
+    }
+
+    /// [`Collector::start`] with more `[server]` options.
+    pub fn start_with(dir: &Path, server: &str, config: &str) -> Collector {
         let (grpc, http, api) = (free_port(), free_port(), free_port());
         let store = dir.join("collector.db");
         let path = dir.join("collector.toml");
@@ -55,7 +60,7 @@ impl Collector {
         write!(
             f,
             "[server]\notlp_grpc = \"127.0.0.1:{grpc}\"\notlp_http = \"127.0.0.1:{http}\"\n\
-             api = \"127.0.0.1:{api}\"\n\n[storage]\npath = \"{}\"\n\n{config}\n",
+             api = \"127.0.0.1:{api}\"\n{server}\n[storage]\npath = \"{}\"\n\n{config}\n",
             store.display()
         )
         .expect("write config");
