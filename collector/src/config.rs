@@ -19,7 +19,7 @@ use crate::promql::PromqlConfig;
 use crate::remote_write::RemoteWriteConfig;
 use crate::store::StoreOptions;
 
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -149,22 +149,6 @@ impl Default for IngestConfig {
             max_cumulative_series: 100_000,
             max_slo_tenants: 1_000,
             slo_refresh_interval: Duration::from_secs(30),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            server: ServerConfig::default(),
-            log: LogConfig::default(),
-            auth: AuthConfig::default(),
-            storage: StorageConfig::default(),
-            ingest: IngestConfig::default(),
-            objectives: ObjectivesConfig::default(),
-            remote_write: RemoteWriteConfig::default(),
-            forward: ForwardConfig::default(),
-            promql: PromqlConfig::default(),
         }
     }
 }

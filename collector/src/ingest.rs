@@ -348,7 +348,7 @@ fn point(
 ) {
     let bounds = &p.explicit_bounds;
     if p.bucket_counts.len() != bounds.len() + 1
-        || bounds.windows(2).any(|w| !(w[0] < w[1]))
+        || bounds.windows(2).any(|w| w[0] >= w[1])
         || bounds.iter().any(|b| !b.is_finite())
     {
         out.reject(Reject::Malformed, || {

@@ -101,6 +101,8 @@ fn main() -> ExitCode {
 
 fn load(cli: &Cli) -> Result<Config> {
     let mut cfg = Config::load(cli.config.as_deref()).map_err(anyhow::Error::msg)?;
+    // OTEL_EXPORTER_OTLP_* variables configure the trace forwarder, as for any OTLP exporter.
+    cfg.forward.apply_otel_env(|k| std::env::var(k).ok());
     if let Some(p) = &cli.store {
         cfg.storage.path = p.clone();
     }
@@ -429,7 +431,7 @@ async fn every(
             _ = tick.tick() => {}
         }
         let w = work.clone();
-        let _ = tokio::task::spawn_blocking(move || w()).await;
+        let _ = tokio::task::spawn_blocking(w).await;
     }
 }
 

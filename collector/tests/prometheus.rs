@@ -219,10 +219,10 @@ fn datasets(base: i64) -> (Vec<SliRow>, Vec<SliRow>) {
                         seconds: MINUTE,
                         counts: counts(k, requests),
                     };
-                    if k % 4 != 0 {
+                    if !k.is_multiple_of(4) {
                         a.push(row(1 + k * 13 % 97));
                     }
-                    if ti == 0 && k % 3 == 0 {
+                    if ti == 0 && k.is_multiple_of(3) {
                         b.push(row(1 + k % 11));
                     }
                 }

@@ -37,6 +37,8 @@ const APT_PACKAGES: &[&str] = &[
     // A real HTTP server for the http probe's tests, and the load generator of its benchmark.
     "nginx-light",
     "wrk",
+    // Headless browser: the collector's HTML SLA report test renders the page and reads its DOM.
+    "chromium",
 ];
 
 /// The independent OTLP decoder the span tests use: PyPI `opentelemetry-proto` in a venv under
