@@ -194,7 +194,10 @@ impl Config {
             ));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err(format!("log.format: {:?} is not text or json", self.log.format));
+            return Err(format!(
+                "log.format: {:?} is not text or json",
+                self.log.format
+            ));
         }
         self.storage.options().validate()?;
         if self.storage.maintenance_interval < Duration::from_secs(1) {
@@ -236,7 +239,11 @@ mod tests {
         assert!(err.to_string().contains("nope"), "{err}");
         let mut cfg = Config::default();
         cfg.server.otlp_grpc = "0.0.0.0:4317".parse().unwrap();
-        assert!(cfg.validate().unwrap_err().contains("0.0.0.0:4317 is not a loopback"));
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .contains("0.0.0.0:4317 is not a loopback")
+        );
         cfg.auth.allow_unauthenticated = true;
         cfg.validate().unwrap();
         cfg.server.tls_cert = Some("/c".into());

@@ -593,7 +593,10 @@ mod tests {
             T0,
         )
         .unwrap();
-        assert_eq!(s.maintain(T0 + 2 * 86_400 + 120).unwrap().digests_expired, 1);
+        assert_eq!(
+            s.maintain(T0 + 2 * 86_400 + 120).unwrap().digests_expired,
+            1
+        );
         let first = s.rows("acme", T0, T0 + 1).unwrap();
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].counts.requests, 124);

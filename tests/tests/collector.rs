@@ -198,16 +198,27 @@ fn collector_reports_equal_the_scripted_workload() {
     let log = std::fs::read_to_string(dir.join("collector.log")).unwrap_or_default();
     for (tenant, ok, fail, slow, missing, r) in &reports {
         let requests = ok + fail + slow + missing;
-        let ctx = format!("{tenant}: {r:#}\nagent log:\n{}\ncollector log:\n{log}", agent.log_text());
+        let ctx = format!(
+            "{tenant}: {r:#}\nagent log:\n{}\ncollector log:\n{log}",
+            agent.log_text()
+        );
         assert_eq!(r["totals"]["requests"].as_u64(), Some(requests), "{ctx}");
         assert_eq!(r["totals"]["errors"].as_u64(), Some(*fail), "{ctx}");
         assert_eq!(r["totals"]["slow"].as_u64(), Some(*slow), "{ctx}");
         let availability = (requests - fail) as f64 / requests as f64;
         let latency = (requests - slow) as f64 / requests as f64;
-        let got_a = r["availability"]["attainment"].as_f64().expect("availability");
+        let got_a = r["availability"]["attainment"]
+            .as_f64()
+            .expect("availability");
         let got_l = r["latency"]["attainment"].as_f64().expect("latency");
-        assert!((got_a - availability).abs() < 1e-12, "{got_a} != {availability}: {ctx}");
-        assert!((got_l - latency).abs() < 1e-12, "{got_l} != {latency}: {ctx}");
+        assert!(
+            (got_a - availability).abs() < 1e-12,
+            "{got_a} != {availability}: {ctx}"
+        );
+        assert!(
+            (got_l - latency).abs() < 1e-12,
+            "{got_l} != {latency}: {ctx}"
+        );
         // Spans reached the collector too: every failing tenant has error evidence.
         let evidence = r["evidence"].as_array().expect("evidence");
         if *fail > 0 {
@@ -230,7 +241,11 @@ fn collector_reports_equal_the_scripted_workload() {
         .args(["report", "--tenant", "acme", "--format", "json"])
         .output()
         .expect("report CLI");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let cli: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(cli["totals"], reports[0].5["totals"]);
     drop(agent);

@@ -92,7 +92,9 @@ pub fn report(args: Vec<String>) -> anyhow::Result<()> {
         "-p",
         "tenantscope-collector",
     ]))?;
-    let bin = util::target_dir()?.join("release").join("tenantscope-collector");
+    let bin = util::target_dir()?
+        .join("release")
+        .join("tenantscope-collector");
     let err = Command::new(&bin).arg("report").args(&args).exec();
     Err(err).with_context(|| format!("cannot exec {}", bin.display()))
 }
