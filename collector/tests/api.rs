@@ -5,7 +5,7 @@ mod common;
 
 use std::io::Write as _;
 
-use common::{Collector, export, point, post_export, unix_now};
+use common::{Collector, export, point, post_export, self_signed, unix_now};
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceResponse, metrics_service_client::MetricsServiceClient,
 };
@@ -244,4 +244,59 @@ fn without_tokens_only_loopback_is_allowed() {
         err.contains("not a loopback address and no auth.tokens"),
         "{err}"
     );
+}
+
+#[test]
+fn tls_serves_otlp_and_the_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    self_signed(dir.path());
+    let server = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"",
+        dir.path().join("cert.pem").display(),
+        dir.path().join("key.pem").display()
+    );
+    let collector = Collector::start_with(dir.path(), &server, "");
+    let client = collector.client();
+    let end = unix_now() / 60 * 60 - 60;
+    let req = export("api", vec![point("acme", "/", 200, 3, 0, end)]);
+    let url = collector.otlp_url("/v1/metrics");
+    assert!(url.starts_with("https://"));
+    assert_eq!(post_export(&client, &url, None, &req), Some(200));
+    // Plain HTTP on a TLS listener gets no OTLP answer.
+    let plain = url.replacen("https://", "http://", 1);
+    assert_eq!(
+        post_export(&reqwest::blocking::Client::new(), &plain, None, &req),
+        None
+    );
+    // gRPC over TLS, trusting the same certificate.
+    let pem = std::fs::read(dir.path().join("cert.pem")).expect("cert");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(pem))
+            .domain_name("localhost");
+        let channel =
+            tonic::transport::Channel::from_shared(format!("https://127.0.0.1:{}", collector.grpc))
+                .expect("uri")
+                .tls_config(tls)
+                .expect("tls")
+                .connect()
+                .await
+                .expect("gRPC over TLS");
+        MetricsServiceClient::new(channel)
+            .export(export("api", vec![point("acme", "/", 503, 2, 0, end)]))
+            .await
+            .expect("export over gRPC/TLS");
+    });
+    let body = client
+        .get(collector.url("/api/v1/tenants/acme/sla"))
+        .send()
+        .and_then(|r| r.text())
+        .expect("API over TLS");
+    let report: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(report["totals"]["requests"], 5, "{body}");
+    assert_eq!(report["totals"]["errors"], 2, "{body}");
 }

@@ -39,6 +39,8 @@ const APT_PACKAGES: &[&str] = &[
     "wrk",
     // Headless browser: the collector's HTML SLA report test renders the page and reads its DOM.
     "chromium",
+    // Self-signed certificates for the collector's TLS test.
+    "openssl",
 ];
 
 /// The independent OTLP decoder the span tests use: PyPI `opentelemetry-proto` in a venv under

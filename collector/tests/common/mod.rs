@@ -20,6 +20,31 @@ use opentelemetry_proto::tonic::{
 use prost::Message as _;
 use tenantscope_collector::sli::LATENCY_BOUNDS;
 
+/// A self-signed certificate for 127.0.0.1 and localhost: `dir/cert.pem`, `dir/key.pem`.
+pub fn self_signed(dir: &Path) {
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        // An end-entity certificate (rustls refuses a CA certificate as a server's own).
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl (installed by cargo xtask setup)");
+    assert!(status.success(), "openssl req failed");
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -42,6 +67,8 @@ pub struct Collector {
     pub store: PathBuf,
     pub config: PathBuf,
     log: PathBuf,
+    /// The CA of the listeners' certificate, when they serve TLS.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Collector {
@@ -72,7 +99,11 @@ impl Collector {
             store,
             config: path,
             log: dir.join("collector.log"),
+            tls_ca: None,
         };
+        if server.contains("tls_cert") {
+            c.tls_ca = Some(dir.join("cert.pem"));
+        }
         c.restart();
         c
     }
@@ -95,7 +126,7 @@ impl Collector {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(r) = reqwest::blocking::get(format!("http://127.0.0.1:{}/readyz", self.api))
+            if let Ok(r) = self.client().get(self.url("/readyz")).send()
                 && r.status().is_success()
             {
                 return;
@@ -137,16 +168,36 @@ impl Collector {
         }
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.tls_ca.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.api)
+        format!("{}://127.0.0.1:{}{path}", self.scheme(), self.api)
     }
 
     pub fn otlp_url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.http)
+        format!("{}://127.0.0.1:{}{path}", self.scheme(), self.http)
+    }
+
+    /// A client that trusts the listeners' certificate, if any.
+    pub fn client(&self) -> reqwest::blocking::Client {
+        let mut b = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10));
+        if let Some(ca) = &self.tls_ca {
+            let pem = std::fs::read(ca).expect("CA file");
+            b = b.add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("PEM"));
+        }
+        b.build().expect("client")
     }
 
     pub fn metrics_text(&self) -> String {
-        reqwest::blocking::get(self.url("/metrics"))
+        self.client()
+            .get(self.url("/metrics"))
+            .send()
             .and_then(|r| r.text())
             .expect("scrape /metrics")
     }
