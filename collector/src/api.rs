@@ -141,12 +141,7 @@ async fn sla_report(
         Ok(report::render(&r, format))
     })
     .await?;
-    let content_type = match format {
-        Format::Json => "application/json",
-        Format::Csv => "text/csv; charset=utf-8",
-        Format::Html => "text/html; charset=utf-8",
-    };
-    Ok(([(header::CONTENT_TYPE, content_type)], rendered).into_response())
+    Ok(([(header::CONTENT_TYPE, format.content_type())], rendered).into_response())
 }
 
 async fn metrics(State(s): State<ApiState>) -> Response {
