@@ -42,8 +42,9 @@ pub struct ServerConfig {
     pub otlp_http: SocketAddr,
     /// API, `/metrics`, `/healthz` and `/readyz` listen address.
     pub api: SocketAddr,
-    /// Largest accepted request body, after decompression; larger ones are refused (413 /
-    /// RESOURCE_EXHAUSTED) and counted. 1 KiB to 256 MiB.
+    /// Largest accepted request body, after decompression. OTLP/HTTP answers 413 (counted in
+    /// `tenantscope_collector_otlp_requests_total`); OTLP/gRPC refuses the message in tonic
+    /// (OUT_OF_RANGE or RESOURCE_EXHAUSTED, not counted by the collector). 1 KiB to 256 MiB.
     pub max_request_bytes: usize,
     /// TLS for all three listeners: PEM certificate chain and private key. Both or neither.
     pub tls_cert: Option<PathBuf>,
@@ -192,6 +193,9 @@ impl Config {
                 "server: {a} is not a loopback address and no auth.tokens are configured; \
                  configure tokens, or set auth.allow_unauthenticated = true"
             ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(format!("log.level: {:?}: {e}", self.log.level));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(format!(

@@ -93,7 +93,14 @@ pub struct MetricsBatch {
     pub rebucketed: u64,
     /// A message for the first rejection, for the exporter's partial-success response.
     pub first_error: Option<String>,
+    /// The cumulative state this conversion replaced, to put back if the batch is not
+    /// committed (so the sender's retry computes the same deltas again).
+    pub undo: Undo,
 }
+
+/// Previous values of the cumulative series a conversion advanced, oldest change first.
+#[derive(Debug, Default)]
+pub struct Undo(Vec<(String, Option<(u64, SliCounts)>)>);
 
 impl MetricsBatch {
     pub fn rejected_total(&self) -> u64 {
@@ -150,18 +157,30 @@ impl CumulativeState {
         self.last.is_empty()
     }
 
+    /// Puts back what a conversion changed (its batch was not committed).
+    pub fn rollback(&mut self, undo: Undo) {
+        for (key, previous) in undo.0.into_iter().rev() {
+            match previous {
+                Some(p) => self.last.insert(key, p),
+                None => self.last.remove(&key),
+            };
+        }
+    }
+
     /// The delta of `counts` since the previous point of `key`, or why there is none.
     fn delta(
         &mut self,
         key: String,
         start_ns: u64,
         counts: SliCounts,
+        undo: &mut Undo,
     ) -> Result<SliCounts, Reject> {
-        let known = self.last.len() >= self.max_series && !self.last.contains_key(&key);
-        if known {
+        let full = self.last.len() >= self.max_series && !self.last.contains_key(&key);
+        if full {
             return Err(Reject::StateFull);
         }
-        let previous = self.last.insert(key, (start_ns, counts));
+        let previous = self.last.insert(key.clone(), (start_ns, counts));
+        undo.0.push((key, previous));
         match previous {
             // Same series, not reset: the difference. A decrease is a reset without a new start
             // time; the new point is then all new.
@@ -208,11 +227,12 @@ fn int_attr(attrs: &[KeyValue], key: &str) -> Option<i64> {
     }
 }
 
-/// A tenant id as stored: valid ids as sent, anything else `invalid`, absent `unknown`.
+/// A tenant id as stored: valid ids lowercased (as the agent does, so `Acme` from another SDK
+/// is the same tenant), anything else `invalid`, absent `unknown`.
 pub fn tenant_of(value: Option<&str>) -> String {
     match value {
         None | Some("") => UNKNOWN_TENANT.to_string(),
-        Some(t) if valid_tenant(t) => t.to_string(),
+        Some(t) if valid_tenant(t) => t.to_ascii_lowercase(),
         Some(_) => INVALID_TENANT.to_string(),
     }
 }
@@ -403,7 +423,7 @@ fn point(
         AggregationTemporality::Delta => counts,
         AggregationTemporality::Cumulative => {
             let key = series_key(res_attrs, &p.attributes);
-            match state.delta(key, p.start_time_unix_nano, counts) {
+            match state.delta(key, p.start_time_unix_nano, counts, &mut out.undo) {
                 Ok(d) => d,
                 Err(why) => {
                     out.reject(why, || format!("series of {tenant} {service} {route}"));
@@ -657,6 +677,7 @@ pub(crate) mod tests {
     #[test]
     fn tenants_are_validated_and_defaulted() {
         assert_eq!(tenant_of(Some("acme-1.eu_x")), "acme-1.eu_x");
+        assert_eq!(tenant_of(Some("Acme")), "acme");
         assert_eq!(tenant_of(Some("")), UNKNOWN_TENANT);
         assert_eq!(tenant_of(None), UNKNOWN_TENANT);
         assert_eq!(tenant_of(Some("a b")), INVALID_TENANT);
@@ -691,29 +712,39 @@ pub(crate) mod tests {
         let mut state = CumulativeState::new(started, 2);
         let mut p = hist_point("acme", "/", 200, one_at(1, 5), T0 + 70);
         p.start_time_unix_nano = started + 1;
-        let mut next = |p: &HistogramDataPoint, counts: [u64; 15], end: i64, start_ns: u64| {
+        let next = |state: &mut CumulativeState,
+                    p: &HistogramDataPoint,
+                    counts: [u64; 15],
+                    end: i64,
+                    start_ns: u64| {
             let mut q = p.clone();
             q.bucket_counts = counts.to_vec();
             q.time_unix_nano = (end * 1_000_000_000) as u64;
             q.start_time_unix_nano = start_ns;
             let req = request("api", AggregationTemporality::Cumulative, vec![q]);
-            metrics(&req, limits(), &mut state)
+            metrics(&req, limits(), state)
         };
         // Started after the collector: counted from its first point.
-        let b = next(&p, one_at(1, 5), T0 + 70, started + 1);
+        let b = next(&mut state, &p, one_at(1, 5), T0 + 70, started + 1);
         assert_eq!(b.rows[0].counts.requests, 5);
-        let b = next(&p, one_at(1, 8), T0 + 130, started + 1);
+        let b = next(&mut state, &p, one_at(1, 8), T0 + 130, started + 1);
         assert_eq!((b.rows[0].counts.requests, b.rows[0].start), (3, T0 + 120));
         // A reset (new start time): the whole new value.
-        let b = next(&p, one_at(1, 2), T0 + 190, started + 50);
+        let b = next(&mut state, &p, one_at(1, 2), T0 + 190, started + 50);
         assert_eq!(b.rows[0].counts.requests, 2);
         // A series older than the collector: the first point is only a baseline.
         p.attributes[2] = kv("http.route", s("/old"));
-        let b = next(&p, one_at(1, 100), T0 + 190, started - 1);
+        let b = next(&mut state, &p, one_at(1, 100), T0 + 190, started - 1);
         assert_eq!(b.rejected, vec![(Reject::Baseline, 1)]);
+        // A batch that was not committed is rolled back: its retry gets the same delta.
+        let b = next(&mut state, &p, one_at(1, 110), T0 + 250, started - 1);
+        assert_eq!(b.rows[0].counts.requests, 10);
+        state.rollback(b.undo);
+        let b = next(&mut state, &p, one_at(1, 110), T0 + 250, started - 1);
+        assert_eq!(b.rows[0].counts.requests, 10, "the retry counts the same");
         // The state is full (2 series).
         p.attributes[2] = kv("http.route", s("/third"));
-        let b = next(&p, one_at(1, 1), T0 + 190, started + 1);
+        let b = next(&mut state, &p, one_at(1, 1), T0 + 190, started + 1);
         assert_eq!(b.rejected, vec![(Reject::StateFull, 1)]);
     }
 

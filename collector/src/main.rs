@@ -39,6 +39,9 @@ struct Cli {
     /// TOML config file; without one, the built-in defaults (see the example file)
     #[arg(long, short = 'c', env = "TENANTSCOPE_COLLECTOR_CONFIG", global = true)]
     config: Option<PathBuf>,
+    /// Log filter, e.g. "info" or "info,tenantscope_collector=debug" [file: log.level]
+    #[arg(long, env = "TENANTSCOPE_LOG", global = true)]
+    log_level: Option<String>,
     /// SQLite store path [file: storage.path]
     #[arg(long, env = "TENANTSCOPE_COLLECTOR_STORE", global = true)]
     store: Option<PathBuf>,
@@ -105,6 +108,9 @@ fn load(cli: &Cli) -> Result<Config> {
     cfg.forward.apply_otel_env(|k| std::env::var(k).ok());
     if let Some(p) = &cli.store {
         cfg.storage.path = p.clone();
+    }
+    if let Some(l) = &cli.log_level {
+        cfg.log.level = l.clone();
     }
     if let Some(Command::Serve {
         otlp_grpc,

@@ -40,7 +40,7 @@ pub struct SloLabels {
 pub struct BurnLabels {
     pub tenant: String,
     pub slo: &'static str,
-    /// `1h`, `6h`, `1d`, `3d`.
+    /// `5m`, `30m`, `1h`, `6h`, `1d`, `3d` (see `gauges::BURN_WINDOWS`).
     pub window: &'static str,
 }
 

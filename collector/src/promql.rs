@@ -35,7 +35,7 @@ pub const STEPS_PER_QUERY: i64 = 1440;
 /// Responses larger than this are refused rather than buffered.
 const MAX_RESPONSE_BYTES: u64 = 256 << 20;
 
-/// `[report.promql]`: the query API to read SLIs from.
+/// `[promql]`: the query API the report mode reads SLIs from.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PromqlConfig {

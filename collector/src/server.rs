@@ -139,7 +139,17 @@ impl Ingestor {
             rows: std::mem::take(&mut converted.rows),
             evidence: vec![],
         };
-        let applied = self.commit(batch, now).await?;
+        let applied = match self.commit(batch, now).await {
+            Ok(a) => a,
+            Err(e) => {
+                let undo = std::mem::take(&mut converted.undo);
+                self.state
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .rollback(undo);
+                return Err(e);
+            }
+        };
         let m = &self.metrics;
         if let Applied::Stored { rows, .. } = applied {
             m.points("accepted", None, converted.accepted);

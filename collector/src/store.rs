@@ -320,7 +320,7 @@ impl Store {
     }
 
     /// Rolls minute rows past the minute retention up into hour rows, and expires hour rows,
-    /// evidence and export digests past theirs. Each step is one transaction.
+    /// evidence and export digests past theirs, in one transaction.
     pub fn maintain(&self, now: i64) -> Result<Maintained> {
         let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
         // Whole hours only, so an hour is never split between minute and hour rows (a late
