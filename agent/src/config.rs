@@ -942,6 +942,24 @@ impl OtlpConfig {
         }
     }
 
+    /// Where one signal's requests go (`traces`, `metrics`): the endpoint itself for gRPC; for
+    /// http/protobuf the signal's path appended to it, as with `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub fn signal_url(&self, signal: &str) -> String {
+        let base = self.effective_endpoint();
+        match self.protocol {
+            OtlpProtocol::Grpc => base.to_owned(),
+            OtlpProtocol::HttpProtobuf => format!("{}/v1/{signal}", base.trim_end_matches('/')),
+        }
+    }
+
+    /// `headers` as (name, value) pairs.
+    pub fn header_pairs(&self) -> Vec<(String, String)> {
+        self.headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if !self.endpoint.is_empty() {
             check_endpoint(&self.endpoint).map_err(|reason| invalid("otlp.endpoint", reason))?;

@@ -264,20 +264,10 @@ pub struct ExportSettings {
 
 impl ExportSettings {
     pub fn from_config(cfg: &OtlpConfig) -> Self {
-        let base = cfg.effective_endpoint();
-        let url = match cfg.protocol {
-            OtlpProtocol::Grpc => base.to_owned(),
-            // As for OTEL_EXPORTER_OTLP_ENDPOINT: the signal's path is appended to the base.
-            OtlpProtocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
-        };
         Self {
             protocol: cfg.protocol,
-            url,
-            headers: cfg
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            url: cfg.signal_url("traces"),
+            headers: cfg.header_pairs(),
             timeout: cfg.timeout,
             batch_size: cfg.batch_size.max(1),
             batch_timeout: cfg.batch_timeout,

@@ -581,20 +581,10 @@ pub struct SliSettings {
 
 impl SliSettings {
     pub fn from_config(cfg: &OtlpConfig) -> Self {
-        let base = cfg.effective_endpoint();
-        let url = match cfg.protocol {
-            OtlpProtocol::Grpc => base.to_owned(),
-            // As for OTEL_EXPORTER_OTLP_ENDPOINT: the signal's path is appended to the base.
-            OtlpProtocol::HttpProtobuf => format!("{}/v1/metrics", base.trim_end_matches('/')),
-        };
         Self {
             protocol: cfg.protocol,
-            url,
-            headers: cfg
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            url: cfg.signal_url("metrics"),
+            headers: cfg.header_pairs(),
             timeout: cfg.timeout,
             queue: cfg.metrics_queue.max(1),
             interval: cfg.metrics_interval,

@@ -232,26 +232,66 @@ fn grpc_auth<T>(i: &Ingestor, r: &tonic::Request<T>) -> Result<(), IngestError> 
     )
 }
 
+/// One OTLP signal: its export request, response, and how the ingestor takes it.
+pub trait Export: Message + Default + serde::de::DeserializeOwned + Send + 'static {
+    type Response: Message + serde::Serialize + Send;
+    /// `metrics` or `traces`, for the metrics' `signal` label.
+    const SIGNAL: &'static str;
+    fn ingest(
+        i: &Ingestor,
+        req: Self,
+    ) -> impl Future<Output = Result<(Self::Response, Applied), IngestError>> + Send;
+}
+
+impl Export for ExportMetricsServiceRequest {
+    type Response = ExportMetricsServiceResponse;
+    const SIGNAL: &'static str = "metrics";
+    fn ingest(
+        i: &Ingestor,
+        req: Self,
+    ) -> impl Future<Output = Result<(Self::Response, Applied), IngestError>> + Send {
+        i.metrics(req)
+    }
+}
+
+impl Export for ExportTraceServiceRequest {
+    type Response = ExportTraceServiceResponse;
+    const SIGNAL: &'static str = "traces";
+    fn ingest(
+        i: &Ingestor,
+        req: Self,
+    ) -> impl Future<Output = Result<(Self::Response, Applied), IngestError>> + Send {
+        i.traces(req)
+    }
+}
+
+async fn grpc_export<R: Export>(
+    i: &Ingestor,
+    request: tonic::Request<R>,
+) -> Result<tonic::Response<R::Response>, tonic::Status> {
+    let result = match grpc_auth(i, &request) {
+        Ok(()) => R::ingest(i, request.into_inner()).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok((resp, applied)) => {
+            i.metrics.request(R::SIGNAL, "grpc", outcome(applied));
+            Ok(tonic::Response::new(resp))
+        }
+        Err(e) => {
+            i.metrics.request(R::SIGNAL, "grpc", error_outcome(&e));
+            Err(status_of(&e))
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl MetricsService for Grpc {
     async fn export(
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        let result = match grpc_auth(&self.0, &request) {
-            Ok(()) => self.0.metrics(request.into_inner()).await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok((resp, applied)) => {
-                self.0.metrics.request("metrics", "grpc", outcome(applied));
-                Ok(tonic::Response::new(resp))
-            }
-            Err(e) => {
-                self.0.metrics.request("metrics", "grpc", error_outcome(&e));
-                Err(status_of(&e))
-            }
-        }
+        grpc_export(&self.0, request).await
     }
 }
 
@@ -261,20 +301,7 @@ impl TraceService for Grpc {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let result = match grpc_auth(&self.0, &request) {
-            Ok(()) => self.0.traces(request.into_inner()).await,
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok((resp, applied)) => {
-                self.0.metrics.request("traces", "grpc", outcome(applied));
-                Ok(tonic::Response::new(resp))
-            }
-            Err(e) => {
-                self.0.metrics.request("traces", "grpc", error_outcome(&e));
-                Err(status_of(&e))
-            }
-        }
+        grpc_export(&self.0, request).await
     }
 }
 
@@ -315,8 +342,11 @@ impl Encoding {
 /// The OTLP/HTTP listener's routes.
 pub fn http_router(ingestor: Arc<Ingestor>, max_bytes: usize) -> Router {
     Router::new()
-        .route("/v1/metrics", post(http_metrics))
-        .route("/v1/traces", post(http_traces))
+        .route(
+            "/v1/metrics",
+            post(http_export::<ExportMetricsServiceRequest>),
+        )
+        .route("/v1/traces", post(http_export::<ExportTraceServiceRequest>))
         // The compressed body is bounded here; the decompressed one in `body_of`.
         .layer(DefaultBodyLimit::max(max_bytes))
         .with_state(HttpState {
@@ -442,7 +472,7 @@ fn refusal_of(e: IngestError) -> Refusal {
     }
 }
 
-async fn http_metrics(
+async fn http_export<R: Export>(
     State(s): State<HttpState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -456,34 +486,12 @@ async fn http_metrics(
                     .and_then(|v| v.to_str().ok()),
             )
             .map_err(refusal_of)?;
-        let (req, enc) = decode::<ExportMetricsServiceRequest>(&headers, body, s.max_bytes)?;
-        let (resp, applied) = s.ingestor.metrics(req).await.map_err(refusal_of)?;
+        let (req, enc) = decode::<R>(&headers, body, s.max_bytes)?;
+        let (resp, applied) = R::ingest(&s.ingestor, req).await.map_err(refusal_of)?;
         Ok::<_, Refusal>((encoded(&resp, enc), applied))
     }
     .await;
-    respond(&s, "metrics", result)
-}
-
-async fn http_traces(
-    State(s): State<HttpState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let result = async {
-        let body = body.map_err(too_large)?;
-        s.ingestor
-            .authorize(
-                headers
-                    .get(header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok()),
-            )
-            .map_err(refusal_of)?;
-        let (req, enc) = decode::<ExportTraceServiceRequest>(&headers, body, s.max_bytes)?;
-        let (resp, applied) = s.ingestor.traces(req).await.map_err(refusal_of)?;
-        Ok::<_, Refusal>((encoded(&resp, enc), applied))
-    }
-    .await;
-    respond(&s, "traces", result)
+    respond(&s, R::SIGNAL, result)
 }
 
 fn respond(
