@@ -433,6 +433,9 @@ fn base64_encode(input: &[u8]) -> String {
 
 /// A URL without credentials, query or fragment: safe to log and to use as a key.
 pub(crate) fn redact_url(url: &str) -> String {
+    if url.trim().is_empty() {
+        return String::new();
+    }
     match reqwest::Url::parse(url.trim()) {
         Ok(mut u) => {
             let _ = u.set_username("");
