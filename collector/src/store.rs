@@ -13,7 +13,7 @@
 //! reads (WAL lets reports run while ingest commits).
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -137,21 +137,33 @@ fn schema() -> String {
     )
 }
 
+/// Built once: `apply` runs it for every row of every export.
+static UPSERT: LazyLock<String> = LazyLock::new(upsert_sql);
+static SELECT_BETWEEN: LazyLock<String> =
+    LazyLock::new(|| select_sql("start >= ?1 AND start < ?2"));
+static SELECT_TENANT: LazyLock<String> =
+    LazyLock::new(|| select_sql("tenant = ?1 AND start >= ?2 AND start < ?3"));
+
+/// Every count column, each formatted with `f`.
+fn count_columns(f: impl Fn(&str) -> String) -> String {
+    ["requests".to_string(), "errors".to_string()]
+        .into_iter()
+        .chain(bucket_columns())
+        .map(|c| f(&c))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// On a key already stored, the counts are added up.
+const ON_CONFLICT_ADD: &str = "ON CONFLICT (tenant, start, seconds, service, route) DO UPDATE SET";
+
 fn upsert_sql() -> String {
-    let cols = bucket_columns();
     let placeholders = vec!["?"; 7 + BUCKETS].join(", ");
-    let updates: Vec<String> = ["requests", "errors"]
-        .iter()
-        .map(|c| c.to_string())
-        .chain(cols.iter().cloned())
-        .map(|c| format!("{c} = {c} + excluded.{c}"))
-        .collect();
     format!(
-        "INSERT INTO sli (tenant, start, seconds, service, route, requests, errors, {}) \
-         VALUES ({placeholders}) \
-         ON CONFLICT (tenant, start, seconds, service, route) DO UPDATE SET {}",
-        cols.join(", "),
-        updates.join(", ")
+        "INSERT INTO sli (tenant, start, seconds, service, route, {}) VALUES ({placeholders}) \
+         {ON_CONFLICT_ADD} {}",
+        count_columns(|c| c.to_string()),
+        count_columns(|c| format!("{c} = {c} + excluded.{c}"))
     )
 }
 
@@ -255,7 +267,7 @@ impl Store {
             return Ok(Applied::Duplicate);
         }
         {
-            let mut upsert = tx.prepare_cached(&upsert_sql())?;
+            let mut upsert = tx.prepare_cached(&UPSERT)?;
             for row in &batch.rows {
                 let mut values: Vec<rusqlite::types::Value> = vec![
                     row.tenant.clone().into(),
@@ -312,7 +324,7 @@ impl Store {
     /// Rows of every tenant whose slot starts in `[from, to)`.
     pub fn rows_between(&self, from: i64, to: i64) -> Result<Vec<SliRow>> {
         let conn = self.read();
-        let mut stmt = conn.prepare_cached(&select_sql("start >= ?1 AND start < ?2"))?;
+        let mut stmt = conn.prepare_cached(&SELECT_BETWEEN)?;
         let rows = stmt
             .query_map(params![from, to], row_from)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -329,27 +341,13 @@ impl Store {
             (now.saturating_sub(secs(self.opts.minute_retention))).div_euclid(HOUR) * HOUR;
         let expire_before = now.saturating_sub(secs(self.opts.hour_retention));
         let digests_before = now.saturating_sub(secs(self.opts.dedup_window));
-        let cols = bucket_columns();
-        let sums: Vec<String> = ["requests", "errors"]
-            .iter()
-            .map(|c| c.to_string())
-            .chain(cols.iter().cloned())
-            .map(|c| format!("SUM({c})"))
-            .collect();
-        let updates: Vec<String> = ["requests", "errors"]
-            .iter()
-            .map(|c| c.to_string())
-            .chain(cols.iter().cloned())
-            .map(|c| format!("{c} = {c} + excluded.{c}"))
-            .collect();
         let rollup = format!(
-            "INSERT INTO sli (tenant, start, seconds, service, route, requests, errors, {cols}) \
-             SELECT tenant, (start / {HOUR}) * {HOUR}, {HOUR}, service, route, {sums} FROM sli \
-             WHERE seconds = {MINUTE} AND start < ?1 GROUP BY 1, 2, 4, 5 \
-             ON CONFLICT (tenant, start, seconds, service, route) DO UPDATE SET {updates}",
-            cols = cols.join(", "),
-            sums = sums.join(", "),
-            updates = updates.join(", "),
+            "INSERT INTO sli (tenant, start, seconds, service, route, {}) \
+             SELECT tenant, (start / {HOUR}) * {HOUR}, {HOUR}, service, route, {} FROM sli \
+             WHERE seconds = {MINUTE} AND start < ?1 GROUP BY 1, 2, 4, 5 {ON_CONFLICT_ADD} {}",
+            count_columns(|c| c.to_string()),
+            count_columns(|c| format!("SUM({c})")),
+            count_columns(|c| format!("{c} = {c} + excluded.{c}")),
         );
         let mut conn = self.write();
         let mut out = Maintained::default();
@@ -442,8 +440,7 @@ fn init(conn: &Connection) -> Result<()> {
 impl SliSource for Store {
     fn rows(&self, tenant: &str, from: i64, to: i64) -> Result<Vec<SliRow>> {
         let conn = self.read();
-        let mut stmt =
-            conn.prepare_cached(&select_sql("tenant = ?1 AND start >= ?2 AND start < ?3"))?;
+        let mut stmt = conn.prepare_cached(&SELECT_TENANT)?;
         let rows = stmt
             .query_map(params![tenant, from, to], row_from)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
