@@ -160,6 +160,18 @@ fn midpoint(row: &SliRow) -> i64 {
     row.start.saturating_add(row.seconds.max(0) / 2)
 }
 
+/// Where a row counts for a report or window ending at `end`: its midpoint, except that the
+/// slot still in progress at `end` counts just before it (its requests have happened; without
+/// this, the current minute's traffic would be missing for up to 30 s).
+fn counts_at(row: &SliRow, end: i64) -> i64 {
+    let mid = midpoint(row);
+    if row.start < end && mid >= end {
+        end - 1
+    } else {
+        mid
+    }
+}
+
 /// A row's counts with no more errors than requests, so a corrupt row cannot make another
 /// row's errors disappear from the totals.
 fn sane(c: &SliCounts) -> SliCounts {
@@ -445,7 +457,7 @@ impl Accumulator {
 
     pub fn add_rows(&mut self, rows: &[SliRow]) {
         for row in rows.iter().filter(|r| r.tenant == self.tenant) {
-            let mid = midpoint(row);
+            let mid = counts_at(row, self.effective_end);
             if mid < self.period.start || mid >= self.effective_end {
                 continue;
             }
@@ -635,7 +647,7 @@ fn window_counts(rows: &[SliRow], windows: &[Window], now: i64, window_seconds: 
     let from = now.saturating_sub(window_seconds);
     let mut c = SliCounts::default();
     for row in rows {
-        let mid = midpoint(row);
+        let mid = counts_at(row, now);
         if from <= mid && mid < now && !windows.iter().any(|w| w.contains(mid)) {
             c.add(&sane(&row.counts));
         }
@@ -823,6 +835,22 @@ mod tests {
             assert_eq!(e, PeriodError::Invalid(spec.into()), "{spec:?}");
             assert!(e.to_string().contains("YYYY-MM"), "{e}");
         }
+    }
+
+    #[test]
+    fn the_minute_in_progress_counts_at_once() {
+        // 10 s into a minute: its requests have happened, the report and burn rates show them.
+        let rows = [minute("2026-11-15T12:00:00Z", 7, 1)];
+        let r = report("current", "2026-11-15T12:00:10Z", &rows);
+        assert_eq!((r.totals.requests, r.totals.errors), (7, 1));
+        let burn = burn_rate(&rows, &standard(), &[], ts("2026-11-15T12:00:10Z"), 300);
+        assert!(
+            burn.is_some_and(|b| (b - 1.0 / 7.0 / 0.001).abs() < 1e-6),
+            "{burn:?}"
+        );
+        // A minute that starts at the report's end does not count yet.
+        let r = report("current", "2026-11-15T12:00:00Z", &rows);
+        assert_eq!(r.totals.requests, 0);
     }
 
     #[test]

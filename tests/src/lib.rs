@@ -389,6 +389,21 @@ pub fn run_load(bin: &std::path::Path, args: &[&str]) {
     assert!(status.success(), "{} {args:?}: {status}", bin.display());
 }
 
+/// Starts `python3 -c script`, which prints its listening port first; returns it and that line.
+pub fn python_server(script: &str) -> (Child, String) {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().expect("piped"))
+        .read_line(&mut line)
+        .expect("the server's port");
+    (child, line)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

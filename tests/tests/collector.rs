@@ -3,12 +3,13 @@
 //! attainment per tenant must equal the scripted workload's ground truth.
 
 use std::{
-    io::{BufRead as _, BufReader},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use tenantscope_tests::{Agent, collector_bin, free_port, http_get_headers, privileged};
+use tenantscope_tests::{
+    Agent, collector_bin, free_port, http_get_headers, privileged, python_server,
+};
 
 const SERVER: &str = r#"
 import http.server, socketserver, time
@@ -152,15 +153,7 @@ fn collector_reports_equal_the_scripted_workload() {
     .expect("agent config");
     let agent = Agent::start(&["-c", agent_config.to_str().expect("utf-8")]);
 
-    let mut server = Command::new("python3")
-        .args(["-c", SERVER])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut port = String::new();
-    BufReader::new(server.stdout.as_mut().expect("piped"))
-        .read_line(&mut port)
-        .expect("the server's port");
+    let (mut server, port) = python_server(SERVER);
     let plan: String = {
         let entries: Vec<String> = PLAN
             .iter()
@@ -178,7 +171,8 @@ fn collector_reports_equal_the_scripted_workload() {
         .expect("client");
     assert!(status.success(), "client: {status}");
 
-    // The agent exports every second; wait until every tenant's total is there (or too late).
+    // The agent exports SLIs every second and spans in their own batches; wait until every
+    // tenant's total and the evidence its spans bring are there (or too late).
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut reports = Vec::new();
     for (tenant, ok, fail, slow, missing) in PLAN {
@@ -186,7 +180,14 @@ fn collector_reports_equal_the_scripted_workload() {
         let r = loop {
             let r = report(&collector, tenant);
             let got = r.as_ref().and_then(|r| r["totals"]["requests"].as_u64());
-            if got == Some(want) || Instant::now() > deadline {
+            let has = |kind: &str| {
+                r.as_ref()
+                    .and_then(|r| r["evidence"].as_array())
+                    .is_some_and(|e| e.iter().any(|e| e["kind"] == kind))
+            };
+            let complete =
+                got == Some(want) && (fail == 0 || has("error")) && (slow == 0 || has("slow"));
+            if complete || Instant::now() > deadline {
                 break r.expect("a JSON report");
             }
             std::thread::sleep(Duration::from_millis(250));

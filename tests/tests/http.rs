@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use tenantscope_tests::{Agent, Metrics, free_port, http_get, privileged, py_otlp};
+use tenantscope_tests::{Agent, Metrics, free_port, http_get, privileged, py_otlp, python_server};
 
 const SERVER: &str = r#"
 import http.server, socketserver, sys, time
@@ -55,20 +55,6 @@ for t, how in tenants:
         fresh.close()
 keep.close()
 "#;
-
-/// Starts `python3 -c script`, which prints its listening port first; returns it and the port.
-fn python_server(script: &str) -> (std::process::Child, String) {
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().expect("piped"))
-        .read_line(&mut line)
-        .expect("the server's port");
-    (child, line)
-}
 
 const TENANTS: [&str; 5] = ["acme", "globex", "initech", "umbrella", "hooli"];
 const CODES: [&str; 3] = ["200", "404", "503"];
