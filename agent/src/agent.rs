@@ -26,8 +26,14 @@ use crate::{
     },
     config::{Config, SyscallHook},
     probes::{self, Loaded, ProbeError, ProbeState, http, process, syscalls, tcp},
-    telemetry::{MapLabels, ProbeKindLabels, ProbeLabels, Published, SnapshotCollector, Telemetry},
-    workload::{ProcessTable, TableStats, Workload, listeners, procfs},
+    telemetry::{
+        KubeReasonLabels, MapLabels, ProbeKindLabels, ProbeLabels, Published, SnapshotCollector,
+        Telemetry, WorkloadInfoLabels,
+    },
+    workload::{
+        Origin, PodEvent, PodIndex, ProcessTable, TableStats, Workload, listeners,
+        pods::PodIndexStats, procfs,
+    },
 };
 
 /// Liveness and readiness, shared with the HTTP server.
@@ -99,6 +105,9 @@ pub struct Agent {
     /// so the next rescan also re-reads known processes.
     drops_at_rescan: u64,
     last_table_stats: TableStats,
+    /// Converted events of the Kubernetes pod watch (`None`: not in Kubernetes, or it ended).
+    pod_events: Option<tokio::sync::mpsc::Receiver<PodEvent>>,
+    last_pod_stats: PodIndexStats,
 }
 
 impl Agent {
@@ -112,6 +121,7 @@ impl Agent {
         health: Arc<Health>,
         spans: Option<crate::aggregate::http::SpanSetup>,
         sli: Option<crate::sli_export::SliSender>,
+        pod_events: Option<tokio::sync::mpsc::Receiver<PodEvent>>,
     ) -> Result<Self, ProbeError> {
         let own_tgid = std::process::id();
         // Offsets must be known before load: they are patched into the object.
@@ -257,7 +267,12 @@ impl Agent {
             http_active: Vec::new(),
             http,
             sli,
-            table: ProcessTable::new(cfg.workloads.max, cfg.workloads.idle_ttl),
+            table: ProcessTable::new(cfg.workloads.max, cfg.workloads.idle_ttl).with_pods(
+                PodIndex::new(cfg.kubernetes.max_pods, cfg.http.tenant.pod_label_keys()),
+                cfg.kubernetes.workload_label,
+            ),
+            pod_events,
+            last_pod_stats: PodIndexStats::default(),
             cfg,
             loaded,
             syscalls,
@@ -288,7 +303,10 @@ impl Agent {
         self.rescan(true);
         self.seed_listeners();
         self.read_cycle();
-        self.health.ready.store(true, Ordering::Relaxed);
+        // In Kubernetes, ready once this node's pods are known (labels are right from then on).
+        self.health
+            .ready
+            .store(self.pod_events.is_none(), Ordering::Relaxed);
 
         let mut read_tick = ticker(self.cfg.syscalls.read_interval);
         let mut poll_tick = ticker(self.cfg.process.poll_interval);
@@ -307,6 +325,7 @@ impl Agent {
             Read,
             Rescan,
             Sli,
+            Pod(Option<PodEvent>),
         }
         loop {
             self.health.beat();
@@ -319,6 +338,7 @@ impl Agent {
                 _ = read_tick.tick() => Wake::Read,
                 _ = rescan_tick.tick() => Wake::Rescan,
                 () = tick(sli_tick.as_mut()) => Wake::Sli,
+                ev = recv(self.pod_events.as_mut()) => Wake::Pod(ev),
             };
             match wake {
                 Wake::Stop => break,
@@ -332,6 +352,7 @@ impl Agent {
                 Wake::Read => self.read_cycle(),
                 Wake::Rescan => self.rescan(false),
                 Wake::Sli => self.cut_sli_interval(),
+                Wake::Pod(ev) => self.apply_pod_events(ev),
             }
         }
         self.drain_events();
@@ -365,6 +386,58 @@ impl Agent {
         }
     }
 
+    /// Applies a pod event and every one queued behind it, then re-resolves processes once.
+    fn apply_pod_events(&mut self, first: Option<PodEvent>) {
+        let Some(first) = first else {
+            tracing::warn!("the pod watch ended; pod identity is frozen");
+            self.pod_events = None;
+            return;
+        };
+        self.table.apply_pod_event(first);
+        if let Some(rx) = self.pod_events.as_mut() {
+            while let Ok(ev) = rx.try_recv() {
+                self.table.apply_pod_event(ev);
+            }
+        }
+        self.table.refresh_pods(Instant::now());
+        if self.table.pods().synced() && !self.health.ready.swap(true, Ordering::Relaxed) {
+            tracing::info!(pods = self.table.pods().len(), "this node's pods are known");
+        }
+        self.publish_pods();
+    }
+
+    fn publish_pods(&mut self) {
+        let k = &self.telemetry.kube;
+        let pods = self.table.pods();
+        let stats = pods.stats();
+        k.relists
+            .inc_by(stats.relists - self.last_pod_stats.relists);
+        let full = stats.dropped_full - self.last_pod_stats.dropped_full;
+        if full > 0 {
+            k.skipped
+                .get_or_create(&KubeReasonLabels {
+                    reason: "index_full",
+                })
+                .inc_by(full);
+        }
+        self.last_pod_stats = stats;
+        k.pods.set(pods.len() as i64);
+        k.synced.set(i64::from(pods.synced()));
+        let info: std::collections::BTreeSet<WorkloadInfoLabels> = self
+            .table
+            .pod_workloads()
+            .map(|(workload, pod)| WorkloadInfoLabels {
+                workload: workload.to_string(),
+                namespace: pod.namespace.clone(),
+                kind: pod.owner_kind.as_str(),
+            })
+            .collect();
+        k.workload_info.clear();
+        for labels in info {
+            k.workload_info.get_or_create(&labels).set(1);
+        }
+    }
+
     /// Applies every queued event: process events first, so that the processes named by TCP
     /// events are known.
     fn drain_events(&mut self) {
@@ -383,7 +456,7 @@ impl Agent {
         // Counted per batch: a labelled counter lookup per record is measurable at 100k/s.
         let (mut exchanges, mut closes, mut bad) = (0u64, 0u64, 0u64);
         while let Some(item) = ring.next() {
-            let label_of = |tgid| resolve(table, proc_root, t, tgid, now);
+            let label_of = |tgid| resolve_origin(table, proc_root, t, tgid, now);
             match http::decode(&item) {
                 Ok(http::Record::Exchange {
                     conn,
@@ -729,6 +802,7 @@ impl Agent {
         self.last_table_stats = stats;
         self.telemetry.workloads.set(self.table.workloads() as i64);
         self.telemetry.processes.set(self.table.processes() as i64);
+        self.publish_pods();
         self.collector.publish(Published {
             syscalls: self.agg.snapshot(),
             tcp: self.tcp_agg.snapshot(),
@@ -766,6 +840,31 @@ fn resolve(
     tgid: u32,
     now: Instant,
 ) -> std::sync::Arc<str> {
+    learn(table, proc_root, t, tgid, now);
+    table.label(tgid, now)
+}
+
+/// [`resolve`], with the process's pod (for the HTTP pipeline's tenant chain and spans).
+fn resolve_origin(
+    table: &mut ProcessTable,
+    proc_root: &std::path::Path,
+    t: &Telemetry,
+    tgid: u32,
+    now: Instant,
+) -> Origin {
+    learn(table, proc_root, t, tgid, now);
+    table.origin(tgid, now)
+}
+
+/// Reads `/proc` for a process never heard of (started before a dropped event); a process
+/// already gone is recorded as unknown.
+fn learn(
+    table: &mut ProcessTable,
+    proc_root: &std::path::Path,
+    t: &Telemetry,
+    tgid: u32,
+    now: Instant,
+) {
     if !table.contains(tgid) {
         t.proc_reads.inc();
         match procfs::read_workload(proc_root, tgid) {
@@ -776,7 +875,6 @@ fn resolve(
             }
         }
     }
-    table.label(tgid, now)
 }
 
 fn map_error(t: &Telemetry, map: &'static str, e: &ProbeError) {
@@ -832,6 +930,14 @@ fn apply(
             table.upsert(tgid, w, now);
         }
         process::Event::Exit { tgid } => table.exit(tgid, now),
+    }
+}
+
+/// The next pod event; never, without a pod watch.
+async fn recv(rx: Option<&mut tokio::sync::mpsc::Receiver<PodEvent>>) -> Option<PodEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

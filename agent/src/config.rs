@@ -182,6 +182,8 @@ pub struct Config {
     pub otlp: OtlpConfig,
     /// Limits on the workload label, which bound the number of exported series.
     pub workloads: WorkloadsConfig,
+    /// Pod identity from the Kubernetes API.
+    pub kubernetes: KubernetesConfig,
 }
 
 /// `[server]`: the HTTP endpoint Prometheus scrapes.
@@ -453,6 +455,61 @@ impl Default for WorkloadsConfig {
     }
 }
 
+/// `kubernetes.enabled`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KubernetesMode {
+    /// On when the agent runs in a pod with a service account (`KUBERNETES_SERVICE_HOST` is set),
+    /// or when `api_url` is set; off elsewhere, so the agent runs as on any Linux host.
+    #[default]
+    Auto,
+    /// Always: the agent fails to start without API access settings.
+    On,
+    Off,
+}
+
+/// `[kubernetes]`: container -> pod -> owner, from a watch on this node's pods.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// `"auto"`, `"on"` or `"off"`. Default `"auto"`.
+    pub enabled: KubernetesMode,
+    /// This node's name, for the watch's `spec.nodeName` field selector. Default `""`: the
+    /// `NODE_NAME` environment variable (the DaemonSet sets it from the downward API).
+    pub node_name: String,
+    /// API server URL. Default `""`: the in-cluster service account (or `KUBECONFIG`).
+    pub api_url: String,
+    /// Most pods kept in the index; pods beyond it are counted and not resolved. 1 to 100000.
+    /// Default `512` (the kubelet's default limit is 110 pods per node).
+    pub max_pods: usize,
+    /// The `workload` label of pods: `"owner"` (the Deployment, StatefulSet... name) or
+    /// `"namespace_owner"` (`namespace/owner`, unique on a shared cluster). Default `"owner"`.
+    pub workload_label: crate::workload::WorkloadNaming,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            enabled: KubernetesMode::Auto,
+            node_name: String::new(),
+            api_url: String::new(),
+            max_pods: 512,
+            workload_label: crate::workload::WorkloadNaming::Owner,
+        }
+    }
+}
+
+impl KubernetesConfig {
+    /// Whether to watch pods, given the environment.
+    pub fn active(&self, in_cluster: bool) -> bool {
+        match self.enabled {
+            KubernetesMode::Auto => in_cluster || !self.api_url.is_empty(),
+            KubernetesMode::On => true,
+            KubernetesMode::Off => false,
+        }
+    }
+}
+
 // Bounds enforced by `validate`; the field docs and the example file repeat them.
 const READ_INTERVAL: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(5 * 60));
 const MAX_MAP_ENTRIES: (u32, u32) = (1024, 4 * 1024 * 1024);
@@ -468,6 +525,7 @@ const MAX_PEER_NAME_LEN: usize = 64;
 /// Peer names the agent sets itself, besides those starting with `_`.
 const RESERVED_PEER_NAMES: [&str; 2] = ["local", "external"];
 const MAX_WORKLOADS: (usize, usize) = (1, 100_000);
+const MAX_PODS: (usize, usize) = (1, 100_000);
 const IDLE_TTL: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(24 * 3600));
 
 /// Why a configuration could not be loaded.
@@ -701,6 +759,25 @@ impl Config {
         self.otlp.validate()?;
         check_range("workloads.max", self.workloads.max, MAX_WORKLOADS)?;
         check_duration("workloads.idle_ttl", self.workloads.idle_ttl, IDLE_TTL)?;
+        check_range("kubernetes.max_pods", self.kubernetes.max_pods, MAX_PODS)?;
+        let k = &self.kubernetes;
+        if !k.api_url.is_empty()
+            && !(k.api_url.starts_with("https://") || k.api_url.starts_with("http://"))
+        {
+            return Err(invalid(
+                "kubernetes.api_url",
+                format!("{:?} is not an http(s):// URL", k.api_url),
+            ));
+        }
+        if k.node_name.len() > 253
+            || k.node_name
+                .contains(|c: char| c.is_whitespace() || c == ',')
+        {
+            return Err(invalid(
+                "kubernetes.node_name",
+                format!("{:?} is not a node name", k.node_name),
+            ));
+        }
         Ok(())
     }
 

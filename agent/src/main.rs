@@ -10,6 +10,7 @@ use tenantscope_agent::{
     otlp, server, sli_export,
     spans::SpanOptions,
     telemetry::{SnapshotCollector, Telemetry},
+    workload::k8s,
 };
 use tokio::sync::watch;
 
@@ -70,10 +71,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     ));
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let node = Some(cfg.kubernetes.node_name.clone())
+        .filter(|n| !n.is_empty())
+        .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()));
+    let pod_events = start_pod_watch(&cfg, node.clone(), &telemetry).await?;
     // Spans and request SLIs share one resource per workload.
     let resource = (cfg.otlp.enabled && cfg.http.enabled).then(|| {
         let host = hostname();
-        let node = std::env::var("NODE_NAME").ok();
         otlp::resource_from_env(host.as_deref(), node.as_deref())
     });
     // Spans: the export task runs beside the agent; the agent's HTTP pipeline feeds it.
@@ -108,6 +112,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         health.clone(),
         spans,
         sli,
+        pod_events,
     )?;
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(server::serve(
@@ -155,6 +160,44 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         .context("metrics server")?;
     tracing::info!("stopped; all probes detached");
     Ok(())
+}
+
+/// Starts the pod watch when `[kubernetes]` says so. `enabled = "on"` makes any problem fatal;
+/// `"auto"` logs it and runs without pod identity.
+async fn start_pod_watch(
+    cfg: &Config,
+    node: Option<String>,
+    telemetry: &Telemetry,
+) -> anyhow::Result<Option<tokio::sync::mpsc::Receiver<tenantscope_agent::workload::PodEvent>>> {
+    use tenantscope_agent::config::KubernetesMode;
+
+    let k = &cfg.kubernetes;
+    if !k.active(std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()) {
+        return Ok(None);
+    }
+    let started = match node {
+        None => Err(anyhow::anyhow!(
+            "no node name: set NODE_NAME (downward API fieldRef spec.nodeName) or kubernetes.node_name"
+        )),
+        Some(node) => {
+            let settings = k8s::WatchSettings {
+                api_url: Some(k.api_url.clone()).filter(|u| !u.is_empty()),
+                node,
+                keep_labels: cfg.http.tenant.pod_label_keys().into_iter().collect(),
+            };
+            k8s::start(settings, telemetry.kube.clone()).await
+        }
+    };
+    match started {
+        Ok(rx) => Ok(Some(rx)),
+        Err(e) if k.enabled == KubernetesMode::On => {
+            Err(e.context("kubernetes pod watch (kubernetes.enabled = \"on\")"))
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "no pod identity: the Kubernetes pod watch cannot start");
+            Ok(None)
+        }
+    }
 }
 
 /// Waits for an export task's last flush, at most `deadline`.

@@ -12,7 +12,6 @@
 use std::{
     collections::HashMap,
     future::Future,
-    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -33,7 +32,8 @@ use tokio::{
 
 use crate::{
     config::{OtlpConfig, OtlpProtocol},
-    spans::{AgentSpan, MonoToUnix, ResourceBase, group_by_workload},
+    spans::{AgentSpan, MonoToUnix, ResourceBase, group_by_origin},
+    workload::Origin,
 };
 
 pub const SPANS: &str = "tenantscope_agent_spans";
@@ -417,7 +417,7 @@ struct Exporting {
     exporter: Option<SpanExporter>,
     settings: ExportSettings,
     base: ResourceBase,
-    resources: HashMap<Arc<str>, Resource>,
+    resources: HashMap<Origin, Resource>,
     metrics: SpanMetrics,
     failures: Throttle,
     failed_since_log: u64,
@@ -537,9 +537,9 @@ impl Exporting {
             Vec::with_capacity(self.settings.batch_size),
         );
         self.in_flight = batch.len();
-        for (workload, spans) in group_by_workload(batch) {
+        for (origin, spans) in group_by_origin(batch) {
             let n = spans.len();
-            let result = self.export_one(&workload, spans, deadline).await;
+            let result = self.export_one(&origin, spans, deadline).await;
             self.in_flight -= n;
             self.metrics.queue_length.dec_by(n as i64);
             match result {
@@ -570,7 +570,7 @@ impl Exporting {
 
     async fn export_one(
         &mut self,
-        workload: &Arc<str>,
+        origin: &Origin,
         spans: Vec<opentelemetry_sdk::trace::SpanData>,
         deadline: Option<Instant>,
     ) -> Result<(), String> {
@@ -582,13 +582,13 @@ impl Exporting {
         if Instant::now() >= deadline {
             return Err("shutdown deadline passed".to_owned());
         }
-        if self.resources.len() >= MAX_CACHED_RESOURCES && !self.resources.contains_key(workload) {
+        if self.resources.len() >= MAX_CACHED_RESOURCES && !self.resources.contains_key(origin) {
             self.resources.clear();
         }
         let resource = self
             .resources
-            .entry(workload.clone())
-            .or_insert_with(|| self.base.for_workload(workload));
+            .entry(origin.clone())
+            .or_insert_with(|| self.base.for_origin(origin));
         exporter.set_resource(resource);
         let started = Instant::now();
         let result = tokio::time::timeout_at(deadline, exporter.export(spans)).await;
@@ -788,13 +788,7 @@ mod tests {
     /// thread 7 of process 7, an outgoing request the same thread made while serving it (503),
     /// and a server request of another workload without trace context (500).
     fn traffic(p: &mut HttpPipeline) {
-        let label = |tgid: u32| -> Arc<str> {
-            if tgid == 7 {
-                "api".into()
-            } else {
-                "web".into()
-            }
-        };
+        let label = |tgid: u32| Origin::host(if tgid == 7 { "api" } else { "web" });
         p.on_record(
             2,
             Role::Client,

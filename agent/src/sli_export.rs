@@ -1174,7 +1174,7 @@ mod tests {
             resp.as_bytes(),
             1_000_000,
             1_000_000 + ms * 1_000_000,
-            |_| Arc::from("api"),
+            |_| crate::workload::Origin::host("api"),
         );
     }
 
@@ -1193,7 +1193,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\n\r\n",
             0,
             1_000_000,
-            |_| Arc::from("api"),
+            |_| crate::workload::Origin::host("api"),
         );
         // Beyond the cap: neither a Prometheus series nor an SLI series.
         server(&mut p, 4, "globex", 503, 5);

@@ -64,6 +64,7 @@ use crate::{
         route::{OTHER, UNMATCHED},
         trace::Incoming,
     },
+    workload::{Origin, PodMeta},
 };
 
 /// Most `tracestate` members W3C allows; a longer header is not propagated.
@@ -256,14 +257,16 @@ pub struct HttpCall {
     pub route: Arc<str>,
     /// The workload label, which is also the span's `service.name`.
     pub workload: Arc<str>,
+    /// The serving (or calling) pod, in Kubernetes: its `k8s.*` attributes go on the resource.
+    pub pod: Option<Arc<PodMeta>>,
     /// Request headers the operator allowlisted (`http.span_headers`), lowercase names.
     pub headers: Vec<(String, String)>,
 }
 
-/// A span ready for export, with the workload whose resource it belongs under.
+/// A span ready for export, with the workload (and pod) whose resource it belongs under.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentSpan {
-    pub workload: Arc<str>,
+    pub origin: Origin,
     pub data: SpanData,
 }
 
@@ -378,14 +381,14 @@ pub fn build_span(
     }
 }
 
-/// A batch's spans grouped by workload (first-seen order), one export request each: the OTLP
-/// exporter sends one resource per request.
-pub fn group_by_workload(batch: Vec<AgentSpan>) -> Vec<(Arc<str>, Vec<SpanData>)> {
-    let mut groups: Vec<(Arc<str>, Vec<SpanData>)> = Vec::new();
-    let mut index: HashMap<Arc<str>, usize> = HashMap::new();
+/// A batch's spans grouped by resource, that is workload and pod (first-seen order), one
+/// export request each: the OTLP exporter sends one resource per request.
+pub fn group_by_origin(batch: Vec<AgentSpan>) -> Vec<(Origin, Vec<SpanData>)> {
+    let mut groups: Vec<(Origin, Vec<SpanData>)> = Vec::new();
+    let mut index: HashMap<Origin, usize> = HashMap::new();
     for span in batch {
-        let i = *index.entry(span.workload.clone()).or_insert_with(|| {
-            groups.push((span.workload.clone(), Vec::new()));
+        let i = *index.entry(span.origin.clone()).or_insert_with(|| {
+            groups.push((span.origin.clone(), Vec::new()));
             groups.len() - 1
         });
         groups[i].1.push(span.data);
@@ -597,9 +600,16 @@ impl ResourceBase {
     /// The resource of `workload`'s spans: node attributes, `service.name` = the workload,
     /// then the environment's attributes over them.
     pub fn for_workload(&self, workload: &str) -> Resource {
+        self.for_origin(&Origin::host(workload))
+    }
+
+    /// [`Self::for_workload`], plus the pod's `k8s.*` attributes in Kubernetes.
+    pub fn for_origin(&self, origin: &Origin) -> Resource {
+        let pod = origin.pod.iter().flat_map(|p| p.resource_attributes());
         Resource::builder_empty()
             .with_attributes(self.node.iter().cloned())
-            .with_attribute(KeyValue::new("service.name", workload.to_owned()))
+            .with_attribute(KeyValue::new("service.name", origin.workload.to_string()))
+            .with_attributes(pod.map(|(k, v)| KeyValue::new(k, v)))
             .with_attributes(self.env.iter().cloned())
             .build()
     }
@@ -673,6 +683,7 @@ mod tests {
             tenant: "acme".into(),
             route: "/posts/{id}".into(),
             workload: "api".into(),
+            pod: None,
             headers: Vec::new(),
         }
     }
@@ -977,11 +988,14 @@ mod tests {
         let d = decide(&pb_ratio(1.0), &ids, Parent::Root, SpanKind::Server);
         let clock = MonoToUnix::from_readings(0, UNIX_EPOCH);
         let span = |w: &str| AgentSpan {
-            workload: w.into(),
+            origin: Origin::host(w),
             data: build_span(&call(Role::Server, 200), &d, clock, &scope()),
         };
-        let groups = group_by_workload(vec![span("b"), span("a"), span("b"), span("c")]);
-        let shape: Vec<(&str, usize)> = groups.iter().map(|(w, s)| (&**w, s.len())).collect();
+        let groups = group_by_origin(vec![span("b"), span("a"), span("b"), span("c")]);
+        let shape: Vec<(&str, usize)> = groups
+            .iter()
+            .map(|(o, s)| (&*o.workload, s.len()))
+            .collect();
         assert_eq!(shape, [("b", 2), ("a", 1), ("c", 1)]);
     }
 

@@ -76,6 +76,50 @@ pub struct Telemetry {
     pub read_duration: Histogram,
     pub proc_reads: Counter,
     pub http: crate::aggregate::http::HttpMetrics,
+    pub kube: KubeMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KubeEventLabels {
+    pub r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KubeReasonLabels {
+    pub reason: &'static str,
+}
+
+/// `tenantscope_workload_info`: what a workload label stands for in Kubernetes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct WorkloadInfoLabels {
+    pub workload: String,
+    pub namespace: String,
+    pub kind: &'static str,
+}
+
+/// The pod watch (see `workload::k8s`). Registered whether or not it runs, so dashboards and
+/// rules find the names on every agent.
+#[derive(Clone, Debug, Default)]
+pub struct KubeMetrics {
+    pub events: Family<KubeEventLabels, Counter>,
+    pub watch_errors: Counter,
+    pub skipped: Family<KubeReasonLabels, Counter>,
+    pub relists: Counter,
+    pub pods: Gauge,
+    pub synced: Gauge,
+    pub workload_info: Family<WorkloadInfoLabels, Gauge>,
+}
+
+impl KubeMetrics {
+    pub fn event(&self, r#type: &'static str) {
+        self.events.get_or_create(&KubeEventLabels { r#type }).inc();
+    }
+
+    pub fn skipped(&self, reason: &'static str) {
+        self.skipped
+            .get_or_create(&KubeReasonLabels { reason })
+            .inc();
+    }
 }
 
 /// What the main loop publishes after each read of the kernel maps.
@@ -382,6 +426,7 @@ impl Default for Telemetry {
             ),
             proc_reads: Counter::default(),
             http: Default::default(),
+            kube: KubeMetrics::default(),
         }
     }
 }
@@ -437,6 +482,42 @@ impl Telemetry {
             "tenantscope_agent_workloads_expired",
             "Workload series removed after workloads.idle_ttl without a live process",
             self.workloads_expired.clone(),
+        );
+        let k = &self.kube;
+        r.register(
+            "tenantscope_workload_info",
+            "Kubernetes identity of a workload label: its namespace and owner kind (1 per workload, namespace and kind with a live process in a pod on this node)",
+            k.workload_info.clone(),
+        );
+        r.register(
+            "tenantscope_agent_kubernetes_watch_events",
+            "Pod watch events received from the Kubernetes API, by type (init_apply during a (re)list)",
+            k.events.clone(),
+        );
+        r.register(
+            "tenantscope_agent_kubernetes_watch_errors",
+            "Pod watch failures (list, watch start, dropped stream, API error); the watch backs off and recovers",
+            k.watch_errors.clone(),
+        );
+        r.register(
+            "tenantscope_agent_kubernetes_pods_skipped",
+            "Pods not indexed, by reason (index_full: kubernetes.max_pods reached; missing_*: malformed object)",
+            k.skipped.clone(),
+        );
+        r.register(
+            "tenantscope_agent_kubernetes_relists",
+            "Completed full lists of this node's pods (1 at start, more after the watch expired)",
+            k.relists.clone(),
+        );
+        r.register(
+            "tenantscope_agent_kubernetes_pods",
+            "Pods of this node in the agent's index",
+            k.pods.clone(),
+        );
+        r.register(
+            "tenantscope_agent_kubernetes_synced",
+            "1 once the first list of this node's pods completed, 0 before (or without Kubernetes)",
+            k.synced.clone(),
         );
         r.register(
             "tenantscope_agent_proc_reads",

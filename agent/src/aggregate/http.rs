@@ -38,6 +38,7 @@ use crate::{
     spans::{
         self, AgentSpan, HttpCall, MonoToUnix, Parent, PendingClients, SpanOptions, TraceDecision,
     },
+    workload::{Origin, PodMeta},
 };
 
 /// OpenTelemetry's default bucket boundaries for HTTP durations (seconds).
@@ -303,7 +304,7 @@ impl HttpPipeline {
         response: &[u8],
         req_ts: u64,
         resp_ts: u64,
-        label_of: impl FnMut(u32) -> Arc<str>,
+        label_of: impl FnMut(u32) -> Origin,
     ) {
         let mut out = std::mem::take(&mut self.out);
         self.pairer.on_record(
@@ -313,19 +314,19 @@ impl HttpPipeline {
         self.out = out;
     }
 
-    pub fn on_close(&mut self, conn: u64, at: u64, label_of: impl FnMut(u32) -> Arc<str>) {
+    pub fn on_close(&mut self, conn: u64, at: u64, label_of: impl FnMut(u32) -> Origin) {
         let mut out = std::mem::take(&mut self.out);
         self.pairer.on_close(conn, at, &mut out);
         self.apply(&mut out, label_of);
         self.out = out;
     }
 
-    fn apply(&mut self, out: &mut Vec<Output>, mut label_of: impl FnMut(u32) -> Arc<str>) {
+    fn apply(&mut self, out: &mut Vec<Output>, mut label_of: impl FnMut(u32) -> Origin) {
         for o in out.drain(..) {
             match o {
                 Output::Exchange(x) => {
-                    let workload = label_of(x.tgid);
-                    self.exchange(x, workload);
+                    let origin = label_of(x.tgid);
+                    self.exchange(x, origin);
                 }
                 Output::WebSocketOpened {
                     role,
@@ -362,14 +363,18 @@ impl HttpPipeline {
         }
     }
 
-    fn tenant(&mut self, request: &crate::http::parse::RequestHead) -> Arc<str> {
+    fn tenant(
+        &mut self,
+        request: &crate::http::parse::RequestHead,
+        pod: Option<&PodMeta>,
+    ) -> Arc<str> {
         let view = RequestView {
             tenant_header: request.tenant_header.as_deref(),
             host: request.host.as_deref(),
             path: &request.path,
             baggage: request.baggage.as_deref(),
-            pod_labels: None,
-            namespace: None,
+            pod_labels: pod.map(|p| &p.labels),
+            namespace: pod.map(|p| p.namespace.as_str()),
         };
         self.tenants.resolve(&view).0
     }
@@ -379,16 +384,18 @@ impl HttpPipeline {
         role: Role,
         tgid: u32,
         request: &crate::http::parse::RequestHead,
-        label_of: &mut impl FnMut(u32) -> Arc<str>,
+        label_of: &mut impl FnMut(u32) -> Origin,
     ) -> WsLabels {
+        let origin = label_of(tgid);
         WsLabels {
             side: side(role),
-            tenant: self.tenant(request).to_string(),
-            workload: label_of(tgid).to_string(),
+            tenant: self.tenant(request, origin.pod.as_deref()).to_string(),
+            workload: origin.workload.to_string(),
         }
     }
 
-    fn exchange(&mut self, x: Exchange, workload: Arc<str>) {
+    fn exchange(&mut self, x: Exchange, origin: Origin) {
+        let Origin { workload, pod } = origin;
         // An agent's own span export (seen at a receiver on this node): never the agent itself.
         if x.request
             .extra
@@ -398,7 +405,7 @@ impl HttpPipeline {
             self.metrics.own_exports.inc();
             return;
         }
-        let tenant = self.tenant(&x.request);
+        let tenant = self.tenant(&x.request, pod.as_deref());
         let route = self.routes.route(&workload, &x.request.path);
         let incoming = trace::incoming(x.request.traceparent.as_deref(), None);
         let state = incoming.map(|_| spans::trace_state(x.request.tracestate.as_deref()));
@@ -417,6 +424,7 @@ impl HttpPipeline {
             tenant,
             route,
             workload,
+            pod,
             headers: x
                 .request
                 .extra
@@ -512,7 +520,10 @@ impl HttpPipeline {
             .unwrap_or_else(|| MonoToUnix::from_readings(0, SystemTime::UNIX_EPOCH));
         let data = spans::build_span(&call, d, clock, &self.scope);
         sink.offer(AgentSpan {
-            workload: call.workload,
+            origin: Origin {
+                workload: call.workload,
+                pod: call.pod,
+            },
             data,
         });
     }
@@ -638,7 +649,7 @@ mod tests {
     #[test]
     fn exchanges_become_red_series_with_exemplars() {
         let (mut p, m) = pipeline(100);
-        let label = |_| Arc::from("api");
+        let label = |_| Origin::host("api");
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let req = format!(
             "GET /posts/42?secret=1 HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: acme\r\ntraceparent: {tp}\r\n\r\n"
@@ -731,7 +742,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\n\r\n",
             start * 1_000_000,
             end * 1_000_000,
-            |_| Arc::from("api"),
+            |_| Origin::host("api"),
         );
     }
 
@@ -748,7 +759,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\n\r\n",
             start * 1_000_000,
             end * 1_000_000,
-            |_| Arc::from("api"),
+            |_| Origin::host("api"),
         );
     }
 
@@ -885,7 +896,7 @@ mod tests {
                 b"HTTP/1.1 200 OK\r\n\r\n",
                 0,
                 1,
-                |_| Arc::from("w"),
+                |_| Origin::host("w"),
             );
         }
         assert_eq!(m.series_overflow.get(), 2);

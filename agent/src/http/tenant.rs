@@ -144,6 +144,17 @@ impl Default for TenantConfig {
 }
 
 impl TenantConfig {
+    /// The pod label keys the chain reads (what the pod index must keep of each pod).
+    pub fn pod_label_keys(&self) -> Vec<String> {
+        self.sources
+            .iter()
+            .filter_map(|s| match s {
+                TenantSource::PodLabel { name } => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Checks bounds and every source; the error names the offending key.
     pub fn validate(&self) -> Result<(), String> {
         let (min, max) = MAX_TENANTS;

@@ -1,11 +1,15 @@
-//! Workload identity: pid -> cgroup -> container id, or the process name for host processes.
+//! Workload identity: pid -> cgroup -> container id -> (in Kubernetes) pod and its owner, or the
+//! process name for host processes.
 //!
-//! [`ProcessTable`] is pure: it is fed process events and `/proc` readings (done by the thin
-//! [`procfs`] shell) and answers "which workload label does tgid N count under". The number of
-//! distinct labels is capped; processes beyond the cap fold into [`OTHER`], counted.
+//! [`ProcessTable`] is pure: it is fed process events, `/proc` readings (done by the thin
+//! [`procfs`] shell) and pod events (from the [`k8s`] watch) and answers "which workload label,
+//! and which pod, does tgid N count under". The number of distinct labels is capped; processes
+//! beyond the cap fold into [`OTHER`], counted.
 
 pub mod cgroup;
+pub mod k8s;
 pub mod listeners;
+pub mod pods;
 pub mod procfs;
 
 use std::{
@@ -15,6 +19,7 @@ use std::{
 };
 
 pub use cgroup::{ContainerRef, Runtime};
+pub use pods::{PodEvent, PodIndex, PodMeta, WorkloadNaming};
 
 /// Label of processes whose workload did not fit under `workloads.max`.
 pub const OTHER: &str = "_other";
@@ -65,9 +70,45 @@ pub fn comm_from_bytes(raw: &[u8]) -> String {
         .collect()
 }
 
+/// Who a process is, as the HTTP pipeline needs it: its workload label and, in Kubernetes, its
+/// pod (whose labels and namespace the tenant chain reads, and whose attributes spans carry).
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub workload: Arc<str>,
+    pub pod: Option<Arc<PodMeta>>,
+}
+
+impl Origin {
+    pub fn host(workload: impl Into<Arc<str>>) -> Self {
+        Self {
+            workload: workload.into(),
+            pod: None,
+        }
+    }
+}
+
+/// Same workload label and same pod (by UID; pod updates do not make a new origin).
+impl PartialEq for Origin {
+    fn eq(&self, other: &Self) -> bool {
+        self.workload == other.workload
+            && self.pod.as_ref().map(|p| &p.uid) == other.pod.as_ref().map(|p| &p.uid)
+    }
+}
+
+impl Eq for Origin {}
+
+impl std::hash::Hash for Origin {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.workload.hash(state);
+        self.pod.as_ref().map(|p| &p.uid).hash(state);
+    }
+}
+
 #[derive(Debug)]
 struct ProcEntry {
     workload: Workload,
+    /// The pod of a container process, when the pod watch knows it.
+    pod: Option<Arc<PodMeta>>,
     /// Assigned the first time the process is seen making syscalls, so idle processes do not
     /// take workload slots.
     label: Option<Arc<str>>,
@@ -100,6 +141,10 @@ pub struct ProcessTable {
     procs: HashMap<u32, ProcEntry>,
     labels: HashMap<Arc<str>, LabelSlot>,
     stats: TableStats,
+    pods: PodIndex,
+    naming: WorkloadNaming,
+    /// [`PodIndex::generation`] the entries were last resolved against.
+    pods_seen: u64,
 }
 
 impl ProcessTable {
@@ -110,6 +155,78 @@ impl ProcessTable {
             procs: HashMap::new(),
             labels: HashMap::new(),
             stats: TableStats::default(),
+            pods: PodIndex::default(),
+            naming: WorkloadNaming::default(),
+            pods_seen: 0,
+        }
+    }
+
+    /// Resolves container processes to pods of `index` (fed by [`Self::apply_pod_event`]).
+    pub fn with_pods(mut self, index: PodIndex, naming: WorkloadNaming) -> Self {
+        self.pods = index;
+        self.naming = naming;
+        self
+    }
+
+    pub fn pods(&self) -> &PodIndex {
+        &self.pods
+    }
+
+    pub fn apply_pod_event(&mut self, event: PodEvent) {
+        self.pods.apply(event);
+    }
+
+    /// Re-resolves live container processes after pod changes: a pod seen after its processes
+    /// started, an owner or labels that changed, a pod gone. A process whose label changes
+    /// counts under the new one from its next fold; the old label expires as usual.
+    pub fn refresh_pods(&mut self, now: Instant) {
+        if self.pods.generation() == self.pods_seen {
+            return;
+        }
+        self.pods_seen = self.pods.generation();
+        let mut released = Vec::new();
+        for e in self.procs.values_mut() {
+            let Workload::Container(c) = &e.workload else {
+                continue;
+            };
+            if e.exited {
+                continue;
+            }
+            let pod = self.pods.lookup(c).map(|m| m.pod.clone());
+            let same = match (&pod, &e.pod) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if same {
+                continue;
+            }
+            let wanted = wanted_label(&e.workload, pod.as_deref(), self.naming);
+            if let Some(old) = e.label.take_if(|l| **l != *wanted) {
+                released.push(old);
+            }
+            e.pod = pod;
+        }
+        for l in released {
+            self.release(&l, now);
+        }
+    }
+
+    /// (workload label, pod) of live labelled processes that run in a known pod: the rows of
+    /// `tenantscope_workload_info`.
+    pub fn pod_workloads(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<PodMeta>)> {
+        self.procs
+            .values()
+            .filter(|e| !e.exited)
+            .filter_map(|e| Some((e.label.as_ref()?, e.pod.as_ref()?)))
+    }
+
+    /// The label and pod of `tgid` (see [`Self::label`]).
+    pub fn origin(&mut self, tgid: u32, now: Instant) -> Origin {
+        let workload = self.label(tgid, now);
+        Origin {
+            workload,
+            pod: self.procs.get(&tgid).and_then(|e| e.pod.clone()),
         }
     }
 
@@ -138,22 +255,26 @@ impl ProcessTable {
     /// The label a process counts under, admitting its workload under the cap on first use.
     /// Unknown processes count under [`UNKNOWN`] (also admitted under the cap).
     pub fn label(&mut self, tgid: u32, now: Instant) -> Arc<str> {
-        let (workload, exited) = match self.procs.get(&tgid) {
+        let (wanted, exited) = match self.procs.get(&tgid) {
             Some(ProcEntry { label: Some(l), .. }) => return l.clone(),
-            Some(e) => (e.workload.clone(), e.exited),
+            Some(e) => (
+                wanted_label(&e.workload, e.pod.as_deref(), self.naming),
+                e.exited,
+            ),
             None => {
                 self.procs.insert(
                     tgid,
                     ProcEntry {
                         workload: Workload::Unknown,
+                        pod: None,
                         label: None,
                         exited: false,
                     },
                 );
-                (Workload::Unknown, false)
+                (Workload::Unknown.label(), false)
             }
         };
-        let label = self.admit(&workload, now);
+        let label = self.admit(wanted, now);
         if exited {
             self.release(&label, now);
         }
@@ -177,10 +298,15 @@ impl ProcessTable {
         {
             self.release(&l, now);
         }
+        let pod = match &workload {
+            Workload::Container(c) => self.pods.lookup(c).map(|m| m.pod.clone()),
+            _ => None,
+        };
         self.procs.insert(
             tgid,
             ProcEntry {
                 workload,
+                pod,
                 label: None,
                 exited: false,
             },
@@ -265,8 +391,7 @@ impl ProcessTable {
         expired
     }
 
-    fn admit(&mut self, workload: &Workload, now: Instant) -> Arc<str> {
-        let wanted = workload.label();
+    fn admit(&mut self, wanted: String, now: Instant) -> Arc<str> {
         if let Some((label, _)) = self.labels.get_key_value(wanted.as_str()) {
             let label = label.clone();
             if let Some(slot) = self.labels.get_mut(&label) {
@@ -297,6 +422,14 @@ impl ProcessTable {
                 slot.idle_since = now;
             }
         }
+    }
+}
+
+/// The label a process should count under: its pod's workload, else what `/proc` said.
+fn wanted_label(workload: &Workload, pod: Option<&PodMeta>, naming: WorkloadNaming) -> String {
+    match pod {
+        Some(p) => p.workload_label(naming),
+        None => workload.label(),
     }
 }
 
