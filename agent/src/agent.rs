@@ -325,7 +325,7 @@ impl Agent {
             Read,
             Rescan,
             Sli,
-            Pod(Option<PodEvent>),
+            Pod(Option<Box<PodEvent>>),
         }
         loop {
             self.health.beat();
@@ -338,7 +338,7 @@ impl Agent {
                 _ = read_tick.tick() => Wake::Read,
                 _ = rescan_tick.tick() => Wake::Rescan,
                 () = tick(sli_tick.as_mut()) => Wake::Sli,
-                ev = recv(self.pod_events.as_mut()) => Wake::Pod(ev),
+                ev = recv(self.pod_events.as_mut()) => Wake::Pod(ev.map(Box::new)),
             };
             match wake {
                 Wake::Stop => break,
@@ -352,7 +352,7 @@ impl Agent {
                 Wake::Read => self.read_cycle(),
                 Wake::Rescan => self.rescan(false),
                 Wake::Sli => self.cut_sli_interval(),
-                Wake::Pod(ev) => self.apply_pod_events(ev),
+                Wake::Pod(ev) => self.apply_pod_events(ev.map(|e| *e)),
             }
         }
         self.drain_events();

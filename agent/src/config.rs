@@ -761,12 +761,11 @@ impl Config {
         check_duration("workloads.idle_ttl", self.workloads.idle_ttl, IDLE_TTL)?;
         check_range("kubernetes.max_pods", self.kubernetes.max_pods, MAX_PODS)?;
         let k = &self.kubernetes;
-        if !k.api_url.is_empty()
-            && !(k.api_url.starts_with("https://") || k.api_url.starts_with("http://"))
-        {
+        let scheme_ok = k.api_url.starts_with("https://") || k.api_url.starts_with("http://");
+        if !k.api_url.is_empty() && !scheme_ok {
             return Err(invalid(
                 "kubernetes.api_url",
-                format!("{:?} is not an http(s):// URL", k.api_url),
+                format!("must be an http:// or https:// URL, not {:?}", k.api_url),
             ));
         }
         if k.node_name.len() > 253
@@ -775,7 +774,10 @@ impl Config {
         {
             return Err(invalid(
                 "kubernetes.node_name",
-                format!("{:?} is not a node name", k.node_name),
+                format!(
+                    "must be a node name (no spaces or commas, at most 253 bytes), not {:?}",
+                    k.node_name
+                ),
             ));
         }
         Ok(())
@@ -1833,7 +1835,30 @@ mod tests {
                 "workloads.idle_ttl",
                 with(|c| c.workloads.idle_ttl = s(24 * 3600 + 1)),
             ),
+            ("kubernetes.max_pods", with(|c| c.kubernetes.max_pods = 0)),
+            (
+                "kubernetes.api_url",
+                with(|c| c.kubernetes.api_url = "apiserver:6443".into()),
+            ),
+            (
+                "kubernetes.node_name",
+                with(|c| c.kubernetes.node_name = "node a".into()),
+            ),
         ]
+    }
+
+    #[test]
+    fn kubernetes_auto_follows_the_environment() {
+        let mut k = KubernetesConfig::default();
+        assert!(!k.active(false), "a plain host");
+        assert!(k.active(true), "a pod with a service account");
+        k.api_url = "https://10.0.0.1:6443".into();
+        assert!(k.active(false), "an explicit API server");
+        k.enabled = KubernetesMode::Off;
+        assert!(!k.active(true));
+        k.enabled = KubernetesMode::On;
+        k.api_url.clear();
+        assert!(k.active(false));
     }
 
     #[test]
