@@ -28,7 +28,7 @@ use crate::{
     probes::{self, Loaded, ProbeError, ProbeState, http, process, syscalls, tcp},
     telemetry::{
         KubeReasonLabels, MapLabels, ProbeKindLabels, ProbeLabels, Published, SnapshotCollector,
-        Telemetry, WorkloadInfoLabels,
+        Telemetry, WorkloadInfo,
     },
     workload::{
         Origin, PodEvent, PodIndex, ProcessTable, TableStats, Workload, listeners,
@@ -423,19 +423,6 @@ impl Agent {
         self.last_pod_stats = stats;
         k.pods.set(pods.len() as i64);
         k.synced.set(i64::from(pods.synced()));
-        let info: std::collections::BTreeSet<WorkloadInfoLabels> = self
-            .table
-            .pod_workloads()
-            .map(|(workload, pod)| WorkloadInfoLabels {
-                workload: workload.to_string(),
-                namespace: pod.namespace.clone(),
-                kind: pod.owner_kind.as_str(),
-            })
-            .collect();
-        k.workload_info.clear();
-        for labels in info {
-            k.workload_info.get_or_create(&labels).set(1);
-        }
     }
 
     /// Applies every queued event: process events first, so that the processes named by TCP
@@ -808,6 +795,17 @@ impl Agent {
             tcp: self.tcp_agg.snapshot(),
             kernel_counters: self.kernel_counters,
             probes: self.probes.iter().map(|(n, s)| (*n, s.as_str())).collect(),
+            workloads: self
+                .table
+                .pod_workloads()
+                .map(|(workload, pod)| WorkloadInfo {
+                    workload: workload.to_string(),
+                    namespace: pod.namespace.clone(),
+                    kind: pod.owner_kind.as_str(),
+                })
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect(),
         });
     }
 }

@@ -77,7 +77,12 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let pod_events = start_pod_watch(&cfg, node.clone(), &telemetry).await?;
     // Spans and request SLIs share one resource per workload.
     let resource = (cfg.otlp.enabled && cfg.http.enabled).then(|| {
-        let host = hostname();
+        // In a pod, the host name is the pod's (hostPID shares no UTS namespace): the node's
+        // name is the host's.
+        let host = match &node {
+            Some(n) if pod_events.is_some() => Some(n.clone()),
+            _ => hostname(),
+        };
         otlp::resource_from_env(host.as_deref(), node.as_deref())
     });
     // Spans: the export task runs beside the agent; the agent's HTTP pipeline feeds it.

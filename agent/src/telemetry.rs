@@ -45,6 +45,7 @@ pub const TCP_RETRANSMITS: &str = "tenantscope_tcp_retransmitted_segments";
 pub const TCP_RESETS: &str = "tenantscope_tcp_resets";
 pub const TCP_RTT: &str = "tenantscope_tcp_rtt";
 pub const TCP_LISTEN: &str = "tenantscope_tcp_listen";
+pub const WORKLOAD_INFO: &str = "tenantscope_workload";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProbeKindLabels {
@@ -89,17 +90,17 @@ pub struct KubeReasonLabels {
     pub reason: &'static str,
 }
 
-/// `tenantscope_workload_info`: what a workload label stands for in Kubernetes.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
-pub struct WorkloadInfoLabels {
+/// A row of `tenantscope_workload_info`: what a workload label stands for in Kubernetes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WorkloadInfo {
     pub workload: String,
     pub namespace: String,
     pub kind: &'static str,
 }
 
-/// The pod watch (see `workload::k8s`). Registered whether or not it runs, so dashboards and
-/// rules find the names on every agent.
-#[derive(Clone, Debug, Default)]
+/// The pod watch (see `workload::k8s`). Exported whether or not it runs, every label value
+/// included, so dashboards and rules find the names on every agent.
+#[derive(Clone, Debug)]
 pub struct KubeMetrics {
     pub events: Family<KubeEventLabels, Counter>,
     pub watch_errors: Counter,
@@ -107,7 +108,26 @@ pub struct KubeMetrics {
     pub relists: Counter,
     pub pods: Gauge,
     pub synced: Gauge,
-    pub workload_info: Family<WorkloadInfoLabels, Gauge>,
+}
+
+impl Default for KubeMetrics {
+    fn default() -> Self {
+        let m = Self {
+            events: Family::default(),
+            watch_errors: Counter::default(),
+            skipped: Family::default(),
+            relists: Counter::default(),
+            pods: Gauge::default(),
+            synced: Gauge::default(),
+        };
+        for r#type in ["init_apply", "apply", "delete"] {
+            let _ = m.events.get_or_create(&KubeEventLabels { r#type });
+        }
+        for reason in crate::workload::pods::SKIP_REASONS {
+            let _ = m.skipped.get_or_create(&KubeReasonLabels { reason });
+        }
+        m
+    }
 }
 
 impl KubeMetrics {
@@ -131,6 +151,8 @@ pub struct Published {
     pub kernel_counters: [u64; counters::COUNT as usize],
     /// `(probe, status)`: status is one of [`PROBE_STATES`].
     pub probes: Vec<(&'static str, &'static str)>,
+    /// Workloads running in pods on this node (sorted, distinct).
+    pub workloads: Vec<WorkloadInfo>,
 }
 
 /// The values of the `status` label of `tenantscope_agent_probe_status`.
@@ -197,6 +219,21 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
         }
 
         encode_tcp(&p.tcp, &mut encoder)?;
+
+        let mut e = encoder.encode_descriptor(
+            WORKLOAD_INFO,
+            "Kubernetes identity of a workload label: its namespace and owner kind (value 1; one per workload, namespace and kind with a live process in a pod on this node).",
+            None,
+            MetricType::Info,
+        )?;
+        for w in &p.workloads {
+            let labels = [
+                ("kind", w.kind),
+                ("namespace", w.namespace.as_str()),
+                ("workload", w.workload.as_str()),
+            ];
+            e.encode_info(&labels)?;
+        }
 
         let mut e = encoder.encode_descriptor(
             PROBE_STATUS,
@@ -485,11 +522,6 @@ impl Telemetry {
         );
         let k = &self.kube;
         r.register(
-            "tenantscope_workload_info",
-            "Kubernetes identity of a workload label: its namespace and owner kind (1 per workload, namespace and kind with a live process in a pod on this node)",
-            k.workload_info.clone(),
-        );
-        r.register(
             "tenantscope_agent_kubernetes_watch_events",
             "Pod watch events received from the Kubernetes API, by type (init_apply during a (re)list)",
             k.events.clone(),
@@ -681,6 +713,11 @@ mod tests {
             kernel_counters: [7, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             tcp: TcpSnapshot::default(),
             probes: vec![("syscalls", "attached"), ("process", "failed")],
+            workloads: vec![WorkloadInfo {
+                workload: "api".into(),
+                namespace: "shop".into(),
+                kind: "Deployment",
+            }],
         });
         t.register(c)
     }
@@ -690,6 +727,16 @@ mod tests {
         let om = encode(&sample_registry());
         assert!(om.ends_with("# EOF\n"), "{om}");
         assert!(om.contains("# TYPE tenantscope_syscall_duration_seconds histogram"));
+        assert!(
+            om.contains(
+                "tenantscope_workload_info{kind=\"Deployment\",namespace=\"shop\",workload=\"api\"} 1"
+            ),
+            "{om}"
+        );
+        assert!(
+            om.contains("tenantscope_agent_kubernetes_pods_skipped_total{reason=\"index_full\"} 0"),
+            "{om}"
+        );
         // Per-bucket counts 2, 2 and the rest (1) in +Inf, cumulated by the encoder.
         assert!(om.contains(r##"tenantscope_syscall_duration_seconds_bucket{le="0.001",syscall="read",workload="we\"ird # \\name"} 2"##), "{om}");
         assert!(om.contains(r##"le="0.004",syscall="read",workload="we\"ird # \\name"} 4"##));

@@ -47,6 +47,12 @@ const APT_PACKAGES: &[&str] = &[
 /// the cache directory (pinned, so a new upstream release cannot change what the tests decode).
 pub const PY_OTLP_PACKAGES: &[&str] = &["opentelemetry-proto==1.45.2", "protobuf==7.36.2"];
 
+/// The manifest checks of tests/tests/deploy.rs (shared/docs/conventions.md): PyPI
+/// `kubernetes-validate` (offline schemas, strict mode) and `checkov` (security checks of the
+/// manifests and Dockerfiles) in a venv under the cache directory, pinned like the OTLP decoder.
+pub const PY_DEPLOY_PACKAGES: &[(&str, &str)] =
+    &[("kubernetes-validate", "1.37.0"), ("checkov", "3.3.30")];
+
 /// Filesystems the agent needs: tracefs (`TracePoint::attach` reads it) and bpffs.
 const MOUNTS: &[Mount] = &[
     Mount {
@@ -104,6 +110,11 @@ pub fn setup() -> anyhow::Result<()> {
         format!("python OTLP decoder ({})", PY_OTLP_PACKAGES.join(", ")),
         python_otlp()?,
     );
+    report(
+        "manifest checks (kubernetes-validate, checkov)".to_owned(),
+        python_deploy_tools()?,
+    );
+    report("kubectl kustomize".to_owned(), kubectl_kustomize(root)?);
     for mount in MOUNTS {
         report(
             format!("{} at {}", mount.name, mount.path),
@@ -339,6 +350,82 @@ fn python_otlp() -> anyhow::Result<Outcome> {
         "the OTLP decoder does not import after installing it"
     );
     Ok(Outcome::Installed(format!(" ({})", venv.display())))
+}
+
+/// The venv with the manifest checkers, `<cache>/pydeploy` as `tests/tests/deploy.rs` expects it;
+/// reinstalled when an installed version differs from the pinned one.
+fn python_deploy_tools() -> anyhow::Result<Outcome> {
+    let venv = py_otlp_venv()?.with_file_name("pydeploy");
+    let python = venv.join("bin/python");
+    let pinned: Vec<String> = PY_DEPLOY_PACKAGES
+        .iter()
+        .map(|(name, version)| format!("{name}=={version}"))
+        .collect();
+    let check = || {
+        let wanted: Vec<String> = PY_DEPLOY_PACKAGES
+            .iter()
+            .map(|(name, version)| format!("({name:?}, {version:?})"))
+            .collect();
+        let mut c = Command::new(&python);
+        c.args([
+            "-c",
+            &format!(
+                "import importlib.metadata as m, sys; \
+                 sys.exit(any(m.version(n) != v for n, v in [{}]))",
+                wanted.join(", ")
+            ),
+        ]);
+        succeeds(c)
+    };
+    if python.exists() && check() {
+        return Ok(Outcome::Present);
+    }
+    util::run(command(
+        "python3",
+        &[
+            std::ffi::OsStr::new("-m"),
+            "venv".as_ref(),
+            venv.as_os_str(),
+        ],
+    ))?;
+    let mut pip = Command::new(venv.join("bin/pip"));
+    pip.args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(&pinned);
+    util::run(pip)?;
+    anyhow::ensure!(
+        check(),
+        "{} installed, but the venv does not report these versions",
+        pinned.join(" ")
+    );
+    Ok(Outcome::Installed(format!(" ({})", venv.display())))
+}
+
+/// `kubectl kustomize` renders deploy/ for tests/tests/deploy.rs. This machine kind ships kubectl
+/// (kustomize v5); where it is missing, Debian's kubernetes-client is the packaged fallback
+/// (kubectl 1.20, kustomize v2.0.3: it builds deploy/base but not the overlays; deploy/README.md).
+fn kubectl_kustomize(root: bool) -> anyhow::Result<Outcome> {
+    if succeeds(command("kubectl", &["kustomize", "--help"])) {
+        return Ok(Outcome::Present);
+    }
+    let mut install = command(
+        "apt-get",
+        &[
+            "install",
+            "-y",
+            "--no-install-recommends",
+            "kubernetes-client",
+        ],
+    );
+    install.env("DEBIAN_FRONTEND", "noninteractive");
+    if !root {
+        return Ok(Outcome::NeedsRoot {
+            missing: "kubectl".to_owned(),
+            fix: format!("sudo apt-get update && sudo {}", util::display(&install)),
+        });
+    }
+    util::run(command("apt-get", &["update"]))?;
+    util::run(install)?;
+    Ok(Outcome::Installed(" (kubernetes-client)".to_owned()))
 }
 
 fn mounted(mount: &Mount, root: bool) -> anyhow::Result<Outcome> {

@@ -107,6 +107,14 @@ pub enum Invalid {
     MissingNamespace,
 }
 
+/// Every `reason` of `tenantscope_agent_kubernetes_pods_skipped_total`.
+pub const SKIP_REASONS: [&str; 4] = [
+    "index_full",
+    "missing_uid",
+    "missing_name",
+    "missing_namespace",
+];
+
 impl Invalid {
     pub fn as_str(self) -> &'static str {
         match self {
