@@ -1019,6 +1019,57 @@ mod tests {
     }
 
     #[test]
+    fn pods_get_their_own_resource_with_k8s_attributes() {
+        use crate::workload::pods::OwnerKind;
+        let get = |r: &Resource, k: &str| r.get(&opentelemetry::Key::from(k.to_owned()));
+        let pod = |uid: &str, name: &str| {
+            Some(Arc::new(PodMeta {
+                uid: uid.into(),
+                name: name.into(),
+                namespace: "shop".into(),
+                node: Some("node-1".into()),
+                owner_kind: OwnerKind::StatefulSet,
+                owner_name: "db".into(),
+                controller: None,
+                labels: Default::default(),
+                containers: Vec::new(),
+            }))
+        };
+        let (a, b) = (pod("u-0", "db-0"), pod("u-1", "db-1"));
+        let r = ResourceBase::new(Some("node-1"), Some("node-1")).for_origin(&Origin {
+            workload: "db".into(),
+            pod: a.clone(),
+        });
+        for (k, v) in [
+            ("service.name", "db"),
+            ("k8s.namespace.name", "shop"),
+            ("k8s.pod.name", "db-0"),
+            ("k8s.pod.uid", "u-0"),
+            ("k8s.statefulset.name", "db"),
+            ("k8s.node.name", "node-1"),
+        ] {
+            assert_eq!(get(&r, k), Some(v.to_owned().into()), "{k}");
+        }
+        // Two replicas of one workload on the node: two resources, one export request each.
+        let ids = Counting::default();
+        let d = decide(&pb_ratio(1.0), &ids, Parent::Root, SpanKind::Server);
+        let clock = MonoToUnix::from_readings(0, UNIX_EPOCH);
+        let span = |pod: &Option<Arc<PodMeta>>| AgentSpan {
+            origin: Origin {
+                workload: "db".into(),
+                pod: pod.clone(),
+            },
+            data: build_span(&call(Role::Server, 200), &d, clock, &scope()),
+        };
+        let groups = group_by_origin(vec![span(&a), span(&b), span(&a)]);
+        let shape: Vec<(&str, usize)> = groups
+            .iter()
+            .map(|(o, s)| (o.pod.as_ref().map_or("", |p| p.name.as_str()), s.len()))
+            .collect();
+        assert_eq!(shape, [("db-0", 2), ("db-1", 1)]);
+    }
+
+    #[test]
     fn resource_is_per_workload_with_env_winning() {
         let get = |r: &Resource, k: &str| r.get(&opentelemetry::Key::from(k.to_owned()));
         let base = ResourceBase::new(Some("node-1"), Some("node-1.k8s"));
