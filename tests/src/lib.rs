@@ -389,6 +389,25 @@ pub fn run_load(bin: &std::path::Path, args: &[&str]) {
     assert!(status.success(), "{} {args:?}: {status}", bin.display());
 }
 
+/// Serves the request handler class `H` that a [`python_server`] script defines: threaded, on a
+/// free loopback port, printed first, without request logs.
+const PY_SERVE: &str = r#"
+H.log_message = lambda self, *a: None
+class _S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+_s = _S(("127.0.0.1", 0), H)
+print(_s.server_address[1], flush=True)
+_s.serve_forever()
+"#;
+
+/// Starts an HTTP server on loopback: `handler` is Python defining the request handler class
+/// `H` (a `http.server.BaseHTTPRequestHandler`). Returns the process and its port line.
+pub fn python_http_server(handler: &str) -> (Child, String) {
+    python_server(&format!(
+        "import http.server, socketserver\n{handler}\n{PY_SERVE}"
+    ))
+}
+
 /// Starts `python3 -c script`, which prints its listening port first; returns it and that line.
 pub fn python_server(script: &str) -> (Child, String) {
     use std::io::{BufRead as _, BufReader};

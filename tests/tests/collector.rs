@@ -8,7 +8,7 @@ use std::{
 };
 
 use tenantscope_tests::{
-    Agent, collector_bin, free_port, http_get_headers, privileged, python_server,
+    Agent, collector_bin, free_port, http_get_headers, privileged, python_http_server,
 };
 
 const SERVER: &str = r#"
@@ -25,13 +25,6 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-s = S(("127.0.0.1", 0), H)
-print(s.server_address[1], flush=True)
-s.serve_forever()
 "#;
 
 const CLIENT: &str = r#"
@@ -153,7 +146,7 @@ fn collector_reports_equal_the_scripted_workload() {
     .expect("agent config");
     let agent = Agent::start(&["-c", agent_config.to_str().expect("utf-8")]);
 
-    let (mut server, port) = python_server(SERVER);
+    let (mut server, port) = python_http_server(SERVER);
     let plan: String = {
         let entries: Vec<String> = PLAN
             .iter()

@@ -7,7 +7,9 @@ use std::{
     time::Duration,
 };
 
-use tenantscope_tests::{Agent, Metrics, free_port, http_get, privileged, py_otlp, python_server};
+use tenantscope_tests::{
+    Agent, Metrics, free_port, http_get, privileged, py_otlp, python_http_server, python_server,
+};
 
 const SERVER: &str = r#"
 import http.server, socketserver, sys, time
@@ -22,13 +24,6 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-    def log_message(self, *a):
-        pass
-class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-s = S(("127.0.0.1", 0), H)
-print(s.server_address[1], flush=True)
-s.serve_forever()
 "#;
 
 const CLIENT: &str = r#"
@@ -92,7 +87,7 @@ fn http_red_metrics_per_tenant_exact() {
     )
     .expect("config");
     let agent = Agent::start(&["-c", config.to_str().expect("utf-8")]);
-    let (mut server, line) = python_server(SERVER);
+    let (mut server, line) = python_http_server(SERVER);
     let port = line.trim().to_owned();
     let status = Command::new("python3")
         .args(["-c", CLIENT, &port])
@@ -253,7 +248,7 @@ fn http_spans_reach_an_otlp_receiver_decoded_independently() {
         "--otlp-endpoint",
         &endpoint,
     ]);
-    let (mut server, line) = python_server(SERVER);
+    let (mut server, line) = python_http_server(SERVER);
     let status = Command::new("python3")
         .args(["-c", TRACED_CLIENT, line.trim()])
         .status()
@@ -471,7 +466,7 @@ fn http_exemplars_reach_a_real_prometheus() {
         return;
     }
     let agent = Agent::start(&[]);
-    let (mut server, line) = python_server(SERVER);
+    let (mut server, line) = python_http_server(SERVER);
     let status = Command::new("python3")
         .args(["-c", TRACED_CLIENT, line.trim()])
         .status()
@@ -539,7 +534,7 @@ fn http_active_requests_follow_requests_in_flight() {
         return;
     }
     let agent = Agent::start(&[]);
-    let (mut server, line) = python_server(SERVER);
+    let (mut server, line) = python_http_server(SERVER);
     let client = format!(
         r#"
 import http.client, threading
@@ -678,14 +673,9 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_response(201)
         self.send_header("Content-Length", "0")
         self.end_headers()
-    def log_message(self, *a):
-        pass
-s = http.server.HTTPServer(("127.0.0.1", 0), H)
-print(s.server_address[1], flush=True)
-s.serve_forever()
 "#;
     let agent = Agent::start(&[]);
-    let (mut server, line) = python_server(CONTINUE_SERVER);
+    let (mut server, line) = python_http_server(CONTINUE_SERVER);
     let client = format!(
         r#"
 import socket

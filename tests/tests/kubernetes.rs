@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use tenantscope_tests::{Agent, http_get_headers, privileged, python_server};
+use tenantscope_tests::{Agent, http_get_headers, privileged, python_http_server};
 
 const NODE: &str = "node-e2e";
 const POD_UID: &str = "5a1c9e7e-0b1d-4c2e-8f3a-6b7c8d9e0f12";
@@ -48,13 +48,6 @@ class H(http.server.BaseHTTPRequestHandler):
         items = [pod] if mine else []
         self.wfile.write(json.dumps({"kind": "PodList", "apiVersion": "v1",
             "metadata": {"resourceVersion": "41"}, "items": items}).encode())
-    def log_message(self, *a):
-        pass
-class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-s = S(("127.0.0.1", 0), H)
-print(s.server_address[1], flush=True)
-s.serve_forever()
 "#;
 
 const SERVER: &str = r#"
@@ -66,13 +59,6 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", "2")
         self.end_headers()
         self.wfile.write(b"ok")
-    def log_message(self, *a):
-        pass
-class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-s = S(("127.0.0.1", 0), H)
-print(s.server_address[1], flush=True)
-s.serve_forever()
 "#;
 
 /// The cgroup v2 mount point (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on hybrid hosts).
@@ -139,11 +125,11 @@ fn container_in_a_pod_counts_under_its_deployment_and_pod_label_tenant() {
         .replace("@NODE@", NODE)
         .replace("@UID@", POD_UID)
         .replace("@CONTAINER@", CONTAINER);
-    let (api, api_port) = python_server(&script);
+    let (api, api_port) = python_http_server(&script);
     let _api = Killed(api);
     let api_port = api_port.trim();
     let mut cgroup = PodCgroup::create(&cgroup2_mount());
-    let (server, port) = python_server(SERVER);
+    let (server, port) = python_http_server(SERVER);
     let port: u16 = port.trim().parse().expect("port");
     cgroup.adopt(server);
 

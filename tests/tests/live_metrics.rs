@@ -21,7 +21,9 @@ use std::{
 };
 
 use common::promql;
-use tenantscope_tests::{Agent, collector_bin, free_port, http_get, privileged, python_server};
+use tenantscope_tests::{
+    Agent, collector_bin, free_port, http_get, privileged, python_http_server,
+};
 
 /// Tenant traffic and the refusing receiver in one server: GET answers by path (`/fail` 503,
 /// `/ws` a WebSocket upgrade held open briefly), POST (remote_write, OTLP/HTTP traces) 400.
@@ -52,13 +54,6 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", "7")
         self.end_headers()
         self.wfile.write(b"refused")
-    def log_message(self, *a):
-        pass
-class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-s = S(("127.0.0.1", 0), H)
-print(s.server_address[1], flush=True)
-s.serve_forever()
 "#;
 
 struct Collector {
@@ -201,7 +196,7 @@ fn every_metric_a_dashboard_or_rule_references_is_exported() {
     let dir = std::env::temp_dir().join(format!("ts-live-metrics-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
-    let (mut server, port) = python_server(SERVER);
+    let (mut server, port) = python_http_server(SERVER);
     let port: u16 = port.trim().parse().expect("the server's port");
     let (collector, grpc) = start_collector(&dir, port);
     let agent_config = dir.join("agent.toml");
