@@ -66,6 +66,66 @@ pub fn collector_bin() -> PathBuf {
     p
 }
 
+/// A collector started by a test, killed on drop.
+pub struct Collector {
+    pub child: Child,
+    /// API and `/metrics` port.
+    pub api: u16,
+    /// OTLP/gRPC port.
+    pub grpc: u16,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Collector {
+    /// Starts the collector on free loopback ports with its store, config and log in `dir`;
+    /// `extra` is appended to the TOML (auth, objectives, remote_write...). Waits until ready.
+    pub fn start(dir: &std::path::Path, extra: &str) -> Collector {
+        let (grpc, http, api) = (free_port(), free_port(), free_port());
+        let config = dir.join("collector.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\notlp_grpc = \"127.0.0.1:{grpc}\"\notlp_http = \"127.0.0.1:{http}\"\n\
+                 api = \"127.0.0.1:{api}\"\n\n[storage]\npath = \"{}\"\n\n{extra}",
+                dir.join("collector.db").display(),
+            ),
+        )
+        .expect("collector config");
+        let log = dir.join("collector.log");
+        let child = Command::new(collector_bin())
+            .arg("--config")
+            .arg(&config)
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start the collector");
+        let c = Collector {
+            child,
+            api,
+            grpc,
+            config,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http_get(api, "/readyz", None).map(|r| r.0) != Some(200) {
+            assert!(Instant::now() < deadline, "the collector is not ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind")

@@ -3,12 +3,12 @@
 //! attainment per tenant must equal the scripted workload's ground truth.
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use tenantscope_tests::{
-    Agent, collector_bin, free_port, http_get_headers, privileged, python_http_server,
+    Agent, Collector, collector_bin, http_get_headers, privileged, python_http_server,
 };
 
 const SERVER: &str = r#"
@@ -67,51 +67,19 @@ fn sha256_hex(s: &str) -> String {
         .to_owned()
 }
 
-struct Collector {
-    child: Child,
-    api: u16,
-    config: std::path::PathBuf,
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_collector(dir: &std::path::Path) -> (Collector, u16) {
-    let (grpc, http, api) = (free_port(), free_port(), free_port());
-    let config = dir.join("collector.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\notlp_grpc = \"127.0.0.1:{grpc}\"\notlp_http = \"127.0.0.1:{http}\"\n\
-             api = \"127.0.0.1:{api}\"\n\n[storage]\npath = \"{}\"\n\n\
-             [[auth.tokens]]\nname = \"agents\"\nrole = \"agent\"\nsha256 = \"{}\"\n\n\
+fn start_collector(dir: &std::path::Path) -> Collector {
+    Collector::start(
+        dir,
+        &format!(
+            "[[auth.tokens]]\nname = \"agents\"\nrole = \"agent\"\nsha256 = \"{}\"\n\n\
              [[auth.tokens]]\nname = \"ops\"\nrole = \"admin\"\nsha256 = \"{}\"\n\n\
              [objectives]\ndefault_tier = \"gold\"\n\n[objectives.tiers.gold]\n\
              availability = 99.0\nlatency_threshold = \"250ms\"\nlatency_target = 90.0\n\
              period = \"calendar_month\"\n",
-            dir.join("collector.db").display(),
             sha256_hex(AGENT_TOKEN),
             sha256_hex(ADMIN_TOKEN),
         ),
     )
-    .expect("collector config");
-    let child = Command::new(collector_bin())
-        .arg("--config")
-        .arg(&config)
-        .stderr(std::fs::File::create(dir.join("collector.log")).expect("log"))
-        .spawn()
-        .expect("start the collector");
-    let c = Collector { child, api, config };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http_get_headers(api, "/readyz", &[]).map(|r| r.0) != Some(200) {
-        assert!(Instant::now() < deadline, "the collector is not ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (c, grpc)
 }
 
 fn report(c: &Collector, tenant: &str) -> Option<serde_json::Value> {
@@ -133,7 +101,8 @@ fn collector_reports_equal_the_scripted_workload() {
     let dir = std::env::temp_dir().join(format!("ts-e2e-collector-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
-    let (collector, grpc) = start_collector(&dir);
+    let collector = start_collector(&dir);
+    let grpc = collector.grpc;
     let agent_config = dir.join("agent.toml");
     std::fs::write(
         &agent_config,
@@ -189,7 +158,7 @@ fn collector_reports_equal_the_scripted_workload() {
     }
     let _ = server.kill();
     let _ = server.wait();
-    let log = std::fs::read_to_string(dir.join("collector.log")).unwrap_or_default();
+    let log = collector.log_text();
     for (tenant, ok, fail, slow, missing, r) in &reports {
         let requests = ok + fail + slow + missing;
         let ctx = format!(

@@ -16,14 +16,11 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     io::{Read as _, Write as _},
     net::TcpStream,
-    process::{Child, Command},
     time::{Duration, Instant},
 };
 
 use common::promql;
-use tenantscope_tests::{
-    Agent, collector_bin, free_port, http_get, privileged, python_http_server,
-};
+use tenantscope_tests::{Agent, Collector, http_get, privileged, python_http_server};
 
 /// Tenant traffic and the refusing receiver in one server: GET answers by path (`/fail` 503,
 /// `/ws` a WebSocket upgrade held open briefly), POST (remote_write, OTLP/HTTP traces) 400.
@@ -56,53 +53,20 @@ class H(http.server.BaseHTTPRequestHandler):
         self.wfile.write(b"refused")
 "#;
 
-struct Collector {
-    child: Child,
-    api: u16,
-    log: std::path::PathBuf,
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The collector's remote_write and forward requests carry the agent's own-export marker, so the
 /// agent does not trace them (each forwarded span would otherwise make a new one).
-fn start_collector(dir: &std::path::Path, receiver: u16) -> (Collector, u16) {
-    let (grpc, http, api) = (free_port(), free_port(), free_port());
-    let config = dir.join("collector.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\notlp_grpc = \"127.0.0.1:{grpc}\"\notlp_http = \"127.0.0.1:{http}\"\n\
-             api = \"127.0.0.1:{api}\"\n\n[storage]\npath = \"{}\"\n\n\
-             [ingest]\nslo_refresh_interval = \"1s\"\n\n\
+fn start_collector(dir: &std::path::Path, receiver: u16) -> Collector {
+    Collector::start(
+        dir,
+        &format!(
+            "[ingest]\nslo_refresh_interval = \"1s\"\n\n\
              [remote_write]\nurl = \"http://127.0.0.1:{receiver}/api/v1/write\"\n\
              flush_interval = \"1s\"\ngrace = \"0s\"\n\
              headers = {{ \"x-tenantscope-agent\" = \"collector\" }}\n\n\
              [forward]\nendpoint = \"http://127.0.0.1:{receiver}\"\nprotocol = \"http/protobuf\"\n\
-             headers = {{ \"x-tenantscope-agent\" = \"collector\" }}\n",
-            dir.join("collector.db").display(),
+             headers = {{ \"x-tenantscope-agent\" = \"collector\" }}\n"
         ),
     )
-    .expect("collector config");
-    let log = dir.join("collector.log");
-    let child = Command::new(collector_bin())
-        .arg("--config")
-        .arg(&config)
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("start the collector");
-    let c = Collector { child, api, log };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http_get(api, "/readyz", None).map(|r| r.0) != Some(200) {
-        assert!(Instant::now() < deadline, "the collector is not ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (c, grpc)
 }
 
 fn tail(log: &str) -> String {
@@ -198,7 +162,8 @@ fn every_metric_a_dashboard_or_rule_references_is_exported() {
     std::fs::create_dir_all(&dir).expect("dir");
     let (mut server, port) = python_http_server(SERVER);
     let port: u16 = port.trim().parse().expect("the server's port");
-    let (collector, grpc) = start_collector(&dir, port);
+    let collector = start_collector(&dir, port);
+    let grpc = collector.grpc;
     let agent_config = dir.join("agent.toml");
     std::fs::write(
         &agent_config,
@@ -245,7 +210,7 @@ fn every_metric_a_dashboard_or_rule_references_is_exported() {
         report.join("\n"),
         exported.iter().cloned().collect::<Vec<_>>().join(" "),
         tail(&agent.log_text()),
-        tail(&std::fs::read_to_string(&collector.log).unwrap_or_default())
+        tail(&collector.log_text())
     );
     drop(agent);
     drop(collector);

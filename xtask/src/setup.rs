@@ -320,64 +320,53 @@ fn py_otlp_venv() -> anyhow::Result<std::path::PathBuf> {
 }
 
 fn python_otlp() -> anyhow::Result<Outcome> {
-    let venv = py_otlp_venv()?;
-    let python = venv.join("bin/python");
-    let check = || {
-        let mut c = Command::new(&python);
+    let packages: Vec<String> = PY_OTLP_PACKAGES.iter().map(|p| (*p).to_owned()).collect();
+    py_venv(py_otlp_venv()?, &packages, |python| {
+        let mut c = Command::new(python);
         c.args([
             "-c",
             "import opentelemetry.proto.collector.trace.v1.trace_service_pb2",
         ]);
         succeeds(c)
-    };
-    if python.exists() && check() {
-        return Ok(Outcome::Present);
-    }
-    util::run(command(
-        "python3",
-        &[
-            std::ffi::OsStr::new("-m"),
-            "venv".as_ref(),
-            venv.as_os_str(),
-        ],
-    ))?;
-    let mut pip = Command::new(venv.join("bin/pip"));
-    pip.args(["install", "--quiet", "--disable-pip-version-check"])
-        .args(PY_OTLP_PACKAGES);
-    util::run(pip)?;
-    anyhow::ensure!(
-        check(),
-        "the OTLP decoder does not import after installing it"
-    );
-    Ok(Outcome::Installed(format!(" ({})", venv.display())))
+    })
 }
 
 /// The venv with the manifest checkers, `<cache>/pydeploy` as `tests/tests/deploy.rs` expects it;
 /// reinstalled when an installed version differs from the pinned one.
 fn python_deploy_tools() -> anyhow::Result<Outcome> {
-    let venv = py_otlp_venv()?.with_file_name("pydeploy");
-    let python = venv.join("bin/python");
     let pinned: Vec<String> = PY_DEPLOY_PACKAGES
         .iter()
         .map(|(name, version)| format!("{name}=={version}"))
         .collect();
-    let check = || {
-        let wanted: Vec<String> = PY_DEPLOY_PACKAGES
-            .iter()
-            .map(|(name, version)| format!("({name:?}, {version:?})"))
-            .collect();
-        let mut c = Command::new(&python);
-        c.args([
-            "-c",
-            &format!(
-                "import importlib.metadata as m, sys; \
-                 sys.exit(any(m.version(n) != v for n, v in [{}]))",
-                wanted.join(", ")
-            ),
-        ]);
-        succeeds(c)
-    };
-    if python.exists() && check() {
+    let wanted: Vec<String> = PY_DEPLOY_PACKAGES
+        .iter()
+        .map(|(name, version)| format!("({name:?}, {version:?})"))
+        .collect();
+    let script = format!(
+        "import importlib.metadata as m, sys; \
+         sys.exit(any(m.version(n) != v for n, v in [{}]))",
+        wanted.join(", ")
+    );
+    py_venv(
+        py_otlp_venv()?.with_file_name("pydeploy"),
+        &pinned,
+        |python| {
+            let mut c = Command::new(python);
+            c.args(["-c", &script]);
+            succeeds(c)
+        },
+    )
+}
+
+/// A venv at `venv` with `packages` installed by pip, unless `ready(python)` already holds;
+/// after installing, `ready` must hold.
+fn py_venv(
+    venv: std::path::PathBuf,
+    packages: &[String],
+    ready: impl Fn(&std::path::Path) -> bool,
+) -> anyhow::Result<Outcome> {
+    let python = venv.join("bin/python");
+    if python.exists() && ready(&python) {
         return Ok(Outcome::Present);
     }
     util::run(command(
@@ -390,12 +379,13 @@ fn python_deploy_tools() -> anyhow::Result<Outcome> {
     ))?;
     let mut pip = Command::new(venv.join("bin/pip"));
     pip.args(["install", "--quiet", "--disable-pip-version-check"])
-        .args(&pinned);
+        .args(packages);
     util::run(pip)?;
     anyhow::ensure!(
-        check(),
-        "{} installed, but the venv does not report these versions",
-        pinned.join(" ")
+        ready(&python),
+        "{} installed in {}, but the check after installing fails",
+        packages.join(" "),
+        venv.display()
     );
     Ok(Outcome::Installed(format!(" ({})", venv.display())))
 }
