@@ -4,7 +4,12 @@
 use anyhow::Context as _;
 
 fn main() -> anyhow::Result<()> {
-    let metadata_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    // At run time: a build script binary can be reused across clones sharing CARGO_TARGET_DIR,
+    // and its compile-time CARGO_MANIFEST_DIR would name the clone it was first built in.
+    let manifest_dir = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR is not set")?,
+    );
+    let metadata_root = manifest_dir
         .parent()
         .context("agent crate has no parent directory")?
         .join("agent-ebpf");

@@ -806,6 +806,11 @@ impl Agent {
                 .collect::<std::collections::BTreeSet<_>>()
                 .into_iter()
                 .collect(),
+            labels: self
+                .http
+                .as_ref()
+                .map(|h| h.label_stats())
+                .unwrap_or_default(),
         });
     }
 }

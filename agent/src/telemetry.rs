@@ -153,6 +153,8 @@ pub struct Published {
     pub probes: Vec<(&'static str, &'static str)>,
     /// Workloads running in pods on this node (sorted, distinct).
     pub workloads: Vec<WorkloadInfo>,
+    /// Tenant and route folding (all zero without the HTTP probe).
+    pub labels: crate::aggregate::http::LabelStats,
 }
 
 /// The values of the `status` label of `tenantscope_agent_probe_status`.
@@ -219,6 +221,8 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
         }
 
         encode_tcp(&p.tcp, &mut encoder)?;
+
+        encode_label_stats(&p.labels, &mut encoder)?;
 
         let mut e = encoder.encode_descriptor(
             WORKLOAD_INFO,
@@ -443,6 +447,54 @@ fn encode_tcp(t: &TcpSnapshot, encoder: &mut DescriptorEncoder) -> Result<(), st
         ];
         e.encode_info(&labels)?;
     }
+    Ok(())
+}
+
+/// The cumulative tenant and route counters of the HTTP pipeline: always present, so an
+/// operator (and the label-overflow alert) can rely on them.
+fn encode_label_stats(
+    l: &crate::aggregate::http::LabelStats,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let t = &l.tenants;
+    let mut e = encoder.encode_descriptor(
+        "tenantscope_agent_tenant_overflow",
+        "Requests whose tenant was folded into \"_other\" because http.tenant.max_tenants tenants already have a label",
+        None,
+        MetricType::Counter,
+    )?;
+    e.encode_counter::<NoLabelSet, _, u64>(&t.overflowed, None)?;
+    let mut e = encoder.encode_descriptor(
+        "tenantscope_agent_tenant_invalid",
+        "Tenant values that were not valid ids, per source (the chain then tried the next source)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (source, n) in t.invalid.iter() {
+        e.encode_family(&[("source", source)])?
+            .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+    }
+    let mut e = encoder.encode_descriptor(
+        "tenantscope_agent_tenant_not_allowlisted",
+        "Valid tenant ids rejected because they are not in http.tenant.allowlist",
+        None,
+        MetricType::Counter,
+    )?;
+    e.encode_counter::<NoLabelSet, _, u64>(&t.not_allowlisted, None)?;
+    let mut e = encoder.encode_descriptor(
+        "tenantscope_agent_tenants",
+        "Tenants with their own label value (at most http.tenant.max_tenants)",
+        None,
+        MetricType::Gauge,
+    )?;
+    e.encode_gauge(&(t.distinct_tenants as i64))?;
+    let mut e = encoder.encode_descriptor(
+        "tenantscope_agent_http_route_overflow",
+        "Requests whose route was folded into \"_other\" by the http.routes bounds",
+        None,
+        MetricType::Counter,
+    )?;
+    e.encode_counter::<NoLabelSet, _, u64>(&l.route_overflow, None)?;
     Ok(())
 }
 
@@ -718,6 +770,7 @@ mod tests {
                 namespace: "shop".into(),
                 kind: "Deployment",
             }],
+            labels: Default::default(),
         });
         t.register(c)
     }
@@ -737,6 +790,14 @@ mod tests {
             om.contains("tenantscope_agent_kubernetes_pods_skipped_total{reason=\"index_full\"} 0"),
             "{om}"
         );
+        for line in [
+            "tenantscope_agent_tenant_overflow_total 0",
+            "tenantscope_agent_tenant_invalid_total{source=\"pod_label\"} 0",
+            "tenantscope_agent_http_route_overflow_total 0",
+            "tenantscope_agent_tenants 0",
+        ] {
+            assert!(om.contains(line), "{line} in {om}");
+        }
         // Per-bucket counts 2, 2 and the rest (1) in +Inf, cumulated by the encoder.
         assert!(om.contains(r##"tenantscope_syscall_duration_seconds_bucket{le="0.001",syscall="read",workload="we\"ird # \\name"} 2"##), "{om}");
         assert!(om.contains(r##"le="0.004",syscall="read",workload="we\"ird # \\name"} 4"##));

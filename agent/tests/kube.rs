@@ -33,10 +33,10 @@ const TENANT_LABEL: &str = "platform.example/tenant";
 
 /// A real `/proc/<pid>/cgroup` sample (agent/src/workload/testdata).
 fn sample(file: &str) -> String {
-    let path = format!(
-        "{}/src/workload/testdata/{file}",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    // The checkout this run is in (not the one a shared CARGO_TARGET_DIR compiled it in).
+    let dir =
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    let path = format!("{dir}/src/workload/testdata/{file}");
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 

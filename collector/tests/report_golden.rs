@@ -12,7 +12,10 @@ use tenantscope_collector::report::{self, Format, SCHEMA_VERSION};
 use tenantscope_collector::sla::Status;
 
 fn check_golden(name: &str, actual: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    // The checkout this run is in (not the one a shared CARGO_TARGET_DIR compiled it in).
+    let path = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
         .join("tests/golden")
         .join(name);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {

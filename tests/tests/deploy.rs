@@ -52,8 +52,12 @@ const AGENT: &str = "tenantscope-agent";
 const COLLECTOR: &str = "tenantscope-collector";
 const TOKENS_SECRET: &str = "tenantscope-tokens";
 
+/// The checkout this run is in, read at run time: a shared CARGO_TARGET_DIR reuses test binaries
+/// across clones, and a compile-time path would name the clone they were built in.
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
         .parent()
         .expect("workspace root")
         .to_path_buf()

@@ -172,17 +172,20 @@ source = "namespace"
         let r = http_get_headers(port, "/posts", &[("X-Tenant-ID", "globex")]);
         assert_eq!(r.map(|r| r.0), Some(200));
     }
+    // Not a valid id: counted, and the chain goes on to the pod label.
+    let r = http_get_headers(port, "/posts", &[("X-Tenant-ID", "Not A Tenant!")]);
+    assert_eq!(r.map(|r| r.0), Some(200));
     let count = "http_server_request_duration_seconds_count";
     let m = agent.wait_metrics(Duration::from_secs(20), |m| {
         // The info series is published with the next read cycle.
-        m.sum(count, &[("workload", "api")]) >= 15.0
+        m.sum(count, &[("workload", "api")]) >= 16.0
             && m.sum("tenantscope_workload_info", &[("workload", "api")]) > 0.0
     });
     let log = agent.log_text();
     assert_eq!(
         m.sum(count, &[("workload", "api"), ("tenant", "acme")]),
-        10.0,
-        "no header: the pod label's tenant\n{log}"
+        11.0,
+        "no header, or an invalid one: the pod label's tenant\n{log}"
     );
     assert_eq!(
         m.sum(count, &[("workload", "api"), ("tenant", "globex")]),
@@ -208,6 +211,13 @@ source = "namespace"
         ),
         Some(1.0),
         "{log}"
+    );
+    assert_eq!(
+        m.get(
+            "tenantscope_agent_tenant_invalid_total",
+            &[("source", "header")]
+        ),
+        Some(1.0)
     );
     assert_eq!(m.get("tenantscope_agent_kubernetes_synced", &[]), Some(1.0));
     assert_eq!(m.get("tenantscope_agent_kubernetes_pods", &[]), Some(1.0));

@@ -581,6 +581,22 @@ impl HttpPipeline {
     pub fn stats(&self) -> crate::http::pairing::PairingStats {
         self.pairer.stats()
     }
+
+    /// What tenant and route attribution folded or rejected, since the start.
+    pub fn label_stats(&self) -> LabelStats {
+        LabelStats {
+            tenants: self.tenants.stats(),
+            route_overflow: self.routes.overflowed(),
+        }
+    }
+}
+
+/// Tenant and route label bounds at work (see [`HttpPipeline::label_stats`]).
+#[derive(Debug, Default, Clone)]
+pub struct LabelStats {
+    pub tenants: crate::http::tenant::TenantStats,
+    /// Requests whose route was folded into `_other` (`http.routes` bounds).
+    pub route_overflow: u64,
 }
 
 fn reason_label(r: UnpairedReason) -> &'static str {

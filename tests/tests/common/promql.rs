@@ -14,8 +14,12 @@ use promql_parser::{
 use serde_json::Value;
 
 /// The repository root (this crate is `tests/`).
+/// Read at run time: a shared CARGO_TARGET_DIR reuses test binaries across clones, and a
+/// compile-time path would name the clone they were built in.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
         .parent()
         .expect("repo root")
         .to_path_buf()
