@@ -20,12 +20,13 @@ pub fn bench(probe: String, args: Vec<String>) -> anyhow::Result<()> {
         "syscalls" => syscalls(&args),
         "tcp" => tcp(&args),
         "http" => http(&args),
-        other => bail!("bench {other}: unknown probe (available: syscalls, tcp, http)"),
+        "memory" => crate::bench_memory::memory(&args),
+        other => bail!("bench {other}: unknown probe (available: syscalls, tcp, http, memory)"),
     }
 }
 
 /// Builds the agent and the load generators in release mode; returns their directory.
-fn release_bins() -> anyhow::Result<PathBuf> {
+pub(crate) fn release_bins() -> anyhow::Result<PathBuf> {
     util::run(util::cargo(&[
         "build",
         "--release",
@@ -39,7 +40,7 @@ fn release_bins() -> anyhow::Result<PathBuf> {
     Ok(util::target_dir()?.join("release"))
 }
 
-fn flag(args: &[String], name: &str, default: u64) -> anyhow::Result<u64> {
+pub(crate) fn flag(args: &[String], name: &str, default: u64) -> anyhow::Result<u64> {
     match args.iter().position(|a| a == name) {
         Some(i) => args
             .get(i + 1)
@@ -305,7 +306,7 @@ const TCP_PROBE_ATTACHED: &str = "tenantscope_agent_probe_status{probe=\"tcp\",s
 
 /// Sum of the samples whose line starts with `prefix` (a name and its first labels, exactly as
 /// the agent orders them); `None` when there is none.
-fn series_sum(metrics: &str, prefix: &str) -> Option<f64> {
+pub(crate) fn series_sum(metrics: &str, prefix: &str) -> Option<f64> {
     let values: Vec<f64> = metrics
         .lines()
         .filter(|l| l.starts_with(prefix))
@@ -723,7 +724,7 @@ fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// Sum of the samples of metric `name` (no suffix added) whose labels include all of `labels`.
-fn labeled_sum(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn labeled_sum(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let values: Vec<f64> = metrics
         .lines()
         .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
@@ -878,7 +879,7 @@ fn get(port: u16, path: &str) -> anyhow::Result<String> {
 /// A stand-in OTLP/HTTP collector on a free port of 127.0.0.1: reads each request, discards
 /// the body and answers 200 with an empty `ExportTraceServiceResponse`. Its threads live until
 /// xtask exits.
-fn otlp_sink() -> anyhow::Result<u16> {
+pub(crate) fn otlp_sink() -> anyhow::Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
     std::thread::spawn(move || {
@@ -952,7 +953,7 @@ fn measure(load: &Path, calls: u64) -> anyhow::Result<f64> {
         .with_context(|| format!("ts-syscall-load printed {out:?}"))
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -967,13 +968,13 @@ fn median(v: &[f64]) -> f64 {
 }
 
 /// An agent started for one measurement, pinned away from the measuring CPU.
-struct Running {
+pub(crate) struct Running {
     child: Child,
     port: u16,
 }
 
 impl Running {
-    fn start(bin: &PathBuf, args: &[&str]) -> anyhow::Result<Self> {
+    pub(crate) fn start(bin: &PathBuf, args: &[&str]) -> anyhow::Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let child = Command::new("taskset")
             .args(["-c", "0"])
@@ -996,7 +997,7 @@ impl Running {
     }
 
     /// The body of `/metrics` (classic text format).
-    fn scrape(&self) -> anyhow::Result<String> {
+    pub(crate) fn scrape(&self) -> anyhow::Result<String> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
@@ -1050,7 +1051,7 @@ impl Running {
         }
     }
 
-    fn rss_kib(&self) -> u64 {
+    pub(crate) fn rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .ok()
             .and_then(|s| {
@@ -1061,7 +1062,11 @@ impl Running {
             .unwrap_or(0)
     }
 
-    fn stop(mut self) -> anyhow::Result<()> {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn stop(mut self) -> anyhow::Result<()> {
         util::run(util::command(
             "kill",
             &["-TERM", &self.child.id().to_string()],
@@ -1099,3 +1104,43 @@ fn ready(port: u16) -> bool {
     let _ = s.read_to_string(&mut r);
     r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200")
 }
+
+/// Appends a dated entry to docs/benchmarks.md: the machine, the kernel, the command and the
+/// harness's report (raw rounds and medians), under a heading naming the benchmark.
+pub(crate) fn record(title: &str, command: &str, report: &str) -> anyhow::Result<()> {
+    let out = |cmd: &str, args: &[&str]| {
+        util::output(util::command(cmd, args))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "?".to_owned())
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "?".to_owned());
+    let entry = format!(
+        "\n### {title}: run of {}\n\n```\n{command}\n```\n\n{} CPUs ({cpu}), kernel {}, commit {}.\n\n{}\n",
+        out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        out("nproc", &[]),
+        out("uname", &["-r"]),
+        out("git", &["rev-parse", "--short", "HEAD"]),
+        report.trim_end()
+    );
+    let path = util::workspace_root().join("docs/benchmarks.md");
+    let mut text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    if !text.contains(RECORDED) {
+        text.push_str(&format!(
+            "\n{RECORDED}\n\nEvery `cargo xtask bench` run appends its entry here, newest last.\n"
+        ));
+    }
+    text.push_str(&entry);
+    std::fs::write(&path, text).with_context(|| path.display().to_string())?;
+    eprintln!("recorded in {}", path.display());
+    Ok(())
+}
+
+/// The heading recorded runs go under, at the end of docs/benchmarks.md.
+const RECORDED: &str = "## Recorded runs";
