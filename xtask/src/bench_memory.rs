@@ -120,7 +120,7 @@ pub fn memory(args: &[String]) -> anyhow::Result<()> {
         notes.push(format!(
             "round {}: tenantscope_tcp_connections_open {} (both ends of each held connection)",
             round + 1,
-            crate::bench::series_sum(&m, "tenantscope_tcp_connections_open")
+            crate::bench::labeled_sum(&m, "tenantscope_tcp_connections_open", &[])
                 .map_or("-".to_owned(), |v| format!("{v:.0}"))
         ));
         drop(hold.stdin.take());
