@@ -21,11 +21,14 @@ pub fn bench(probe: String, args: Vec<String>) -> anyhow::Result<()> {
         "tcp" => tcp(&args),
         "http" => http(&args),
         "memory" => crate::bench_memory::memory(&args),
-        other => bail!("bench {other}: unknown probe (available: syscalls, tcp, http, memory)"),
+        "collector" => crate::bench_collector::collector(&args),
+        other => bail!(
+            "bench {other}: unknown probe (available: syscalls, tcp, http, memory, collector)"
+        ),
     }
 }
 
-/// Builds the agent and the load generators in release mode; returns their directory.
+/// Builds the agent, the collector and the load generators (release); returns their directory.
 pub(crate) fn release_bins() -> anyhow::Result<PathBuf> {
     util::run(util::cargo(&[
         "build",
@@ -33,6 +36,8 @@ pub(crate) fn release_bins() -> anyhow::Result<PathBuf> {
         "--locked",
         "-p",
         "tenantscope-agent",
+        "-p",
+        "tenantscope-collector",
         "-p",
         "tenantscope-tests",
         "--bins",
@@ -703,7 +708,7 @@ fn wrk(url: &str, connections: u64, seconds: u64) -> anyhow::Result<WrkOut> {
 }
 
 /// utime+stime of a process (all its threads), in clock ticks.
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     // Fields after the command name, which ends at the last ')': state is field 3, utime 14,

@@ -2,6 +2,7 @@
 //! in its own module.
 
 mod bench;
+mod bench_collector;
 mod bench_memory;
 mod run;
 mod setup;

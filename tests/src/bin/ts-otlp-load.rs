@@ -184,6 +184,14 @@ fn set_int(kv: &mut KeyValue, v: i64) {
     });
 }
 
+/// splitmix64's finaliser: consecutive indexes to well-spread values.
+fn mix(k: u64) -> u64 {
+    let mut z = k.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 fn tenant(s: &mut String, t: usize) {
     let _ = write!(s, "tenant-{t:04}");
 }
@@ -390,9 +398,9 @@ impl Generator {
                 s.start_time_unix_nano = now - ms * 1_000_000;
                 s.end_time_unix_nano = now;
                 set_int(&mut s.attributes[ATTR_STATUS], status);
-                // Spread consecutive spans over tenants, not one tenant per request.
+                // Every tenant gets its share of each kind of span (and so of evidence).
                 set_str(&mut s.attributes[ATTR_TENANT], |t| {
-                    tenant(t, ((k * 7919) % tenants) as usize)
+                    tenant(t, (mix(k) % tenants) as usize)
                 });
                 s.attributes.truncate(SPAN_ATTRS);
                 let st = s.status.get_or_insert_default();
