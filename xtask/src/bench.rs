@@ -1129,7 +1129,7 @@ pub(crate) fn record(title: &str, command: &str, report: &str) -> anyhow::Result
     let entry = format!(
         "\n### {title}: run of {}\n\n```\n{command}\n```\n\n{} CPUs ({cpu}), kernel {}, commit {}.\n\n{}\n",
         out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-        out("nproc", &[]),
+        out("nproc", &["--all"]),
         out("uname", &["-r"]),
         out("git", &["rev-parse", "--short", "HEAD"]),
         report.trim_end()
