@@ -843,24 +843,8 @@ impl Nginx {
         Ok(())
     }
 
-    /// SIGTERM, then SIGKILL after 5 s; the exit status.
     fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        if let Some(status) = self.child.try_wait()? {
-            return Ok(status);
-        }
-        let _ = util::output(util::command(
-            "kill",
-            &["-TERM", &self.child.id().to_string()],
-        ));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        Ok(self.child.wait()?)
+        terminate(&mut self.child, Duration::from_secs(5))
     }
 }
 
@@ -871,10 +855,31 @@ impl Drop for Nginx {
     }
 }
 
+/// SIGTERM, then SIGKILL after `grace`; the exit status.
+pub(crate) fn terminate(
+    child: &mut Child,
+    grace: Duration,
+) -> anyhow::Result<std::process::ExitStatus> {
+    if let Some(status) = child.try_wait()? {
+        return Ok(status);
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    Ok(child.wait()?)
+}
+
 /// One `GET path HTTP/1.0` to 127.0.0.1:port; the whole response.
-fn get(port: u16, path: &str) -> anyhow::Result<String> {
+pub(crate) fn get(port: u16, path: &str) -> anyhow::Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())?;
     let mut r = Vec::new();
     s.read_to_end(&mut r)?;

@@ -10,8 +10,7 @@
 //! `otlp_requests_total` outcomes other than `ok`.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -536,7 +535,7 @@ impl Collector {
             if let Some(status) = c.child.try_wait()? {
                 bail!("the collector exited with {status}:\n{}", c.log_tail());
             }
-            if get(api, "/readyz").is_ok_and(|r| ok_status(&r)) {
+            if crate::bench::get(api, "/readyz").is_ok_and(|r| ok_status(&r)) {
                 return Ok(c);
             }
             if Instant::now() > deadline {
@@ -559,7 +558,7 @@ impl Collector {
 
     /// The body of `/metrics`.
     fn scrape(&self) -> anyhow::Result<String> {
-        let r = get(self.api, "/metrics")?;
+        let r = crate::bench::get(self.api, "/metrics")?;
         let (head, body) = r
             .split_once("\r\n\r\n")
             .context("malformed /metrics response")?;
@@ -591,22 +590,8 @@ impl Collector {
         Ok(())
     }
 
-    /// SIGTERM, then SIGKILL after 10 s; the exit status.
     fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        if let Some(status) = self.child.try_wait()? {
-            return Ok(status);
-        }
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        Ok(self.child.wait()?)
+        crate::bench::terminate(&mut self.child, Duration::from_secs(10))
     }
 }
 
@@ -615,16 +600,6 @@ impl Drop for Collector {
         let _ = self.terminate();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// One `GET path HTTP/1.0` to 127.0.0.1:port; the whole response.
-fn get(port: u16, path: &str) -> anyhow::Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())?;
-    let mut r = Vec::new();
-    s.read_to_end(&mut r)?;
-    Ok(String::from_utf8_lossy(&r).into_owned())
 }
 
 fn ok_status(response: &str) -> bool {
