@@ -108,6 +108,8 @@ pub struct Agent {
     /// Converted events of the Kubernetes pod watch (`None`: not in Kubernetes, or it ended).
     pod_events: Option<tokio::sync::mpsc::Receiver<PodEvent>>,
     last_pod_stats: PodIndexStats,
+    /// `--record-http`: raw http records for `cargo xtask bench pipeline`.
+    recorder: Option<crate::replay::Recorder>,
 }
 
 impl Agent {
@@ -222,16 +224,11 @@ impl Agent {
 
         let http = match &http_events {
             Some(_) => {
-                let p = crate::aggregate::http::HttpPipeline::new(
-                    cfg.http.max_connections,
-                    crate::http::route::RouteTable::new(&cfg.http.routes)
-                        .map_err(ProbeError::Config)?,
-                    crate::http::tenant::TenantResolver::new(&cfg.http.tenant)
-                        .map_err(ProbeError::Config)?,
-                    cfg.http.max_series,
+                let p = crate::aggregate::http::HttpPipeline::from_config(
+                    &cfg.http,
                     telemetry.http.clone(),
-                    &cfg.http.span_headers,
-                );
+                )
+                .map_err(ProbeError::Config)?;
                 let p = match spans {
                     Some(setup) => p.with_spans(setup),
                     None => p,
@@ -273,6 +270,7 @@ impl Agent {
             ),
             pod_events,
             last_pod_stats: PodIndexStats::default(),
+            recorder: None,
             cfg,
             loaded,
             syscalls,
@@ -427,6 +425,12 @@ impl Agent {
 
     /// Applies every queued event: process events first, so that the processes named by TCP
     /// events are known.
+    /// `--record-http`: appends the next `limit` raw http records to `path`.
+    pub fn record_http(&mut self, path: &std::path::Path, limit: u64) -> std::io::Result<()> {
+        self.recorder = Some(crate::replay::Recorder::create(path, limit)?);
+        Ok(())
+    }
+
     fn drain_events(&mut self) {
         self.drain_process_events();
         self.drain_tcp_events();
@@ -443,6 +447,9 @@ impl Agent {
         // Counted per batch: a labelled counter lookup per record is measurable at 100k/s.
         let (mut exchanges, mut closes, mut bad) = (0u64, 0u64, 0u64);
         while let Some(item) = ring.next() {
+            if let Some(r) = self.recorder.as_mut() {
+                r.record(&item);
+            }
             let label_of = |tgid| resolve_origin(table, proc_root, t, tgid, now);
             match http::decode(&item) {
                 Ok(http::Record::Exchange {

@@ -116,6 +116,21 @@ pub struct Cli {
     /// it is valid, 2 (with the error) if not
     #[arg(long)]
     pub check_config: bool,
+
+    /// Benchmarking aid (`cargo xtask bench pipeline`): append the first --record-limit raw
+    /// `http` ring-buffer records to FILE. They hold captured request heads, headers included:
+    /// never on production traffic
+    #[arg(long, value_name = "FILE", hide_short_help = true)]
+    pub record_http: Option<PathBuf>,
+
+    /// How many records --record-http keeps
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 100_000,
+        hide_short_help = true
+    )]
+    pub record_limit: u64,
 }
 
 /// A duration such as `10s`, or a bare number of milliseconds (`OTEL_METRIC_EXPORT_INTERVAL`).

@@ -7,6 +7,7 @@ pub mod config;
 pub mod http;
 pub mod otlp;
 pub mod probes;
+pub mod replay;
 pub mod server;
 pub mod sli_export;
 pub mod spans;

@@ -38,7 +38,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cfg)) {
+    let record = cli.record_http.map(|path| (path, cli.record_limit));
+    match rt.block_on(run(cfg, record)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -48,7 +49,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cfg: Config) -> anyhow::Result<()> {
+async fn run(cfg: Config, record: Option<(std::path::PathBuf, u64)>) -> anyhow::Result<()> {
     use anyhow::Context as _;
 
     let listener = server::bind(cfg.server.listen).await.with_context(|| {
@@ -119,6 +120,12 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         sli,
         pod_events,
     )?;
+    let mut agent = agent;
+    if let Some((path, limit)) = record {
+        agent
+            .record_http(&path, limit)
+            .with_context(|| format!("cannot create {} (--record-http)", path.display()))?;
+    }
     let mut server_stop = stop_rx.clone();
     let server = tokio::spawn(server::serve(
         listener,

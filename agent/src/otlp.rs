@@ -292,18 +292,16 @@ impl Drop for SpanExporterTask {
     }
 }
 
-#[cfg(test)]
 impl SpanExporterTask {
-    /// What is queued, for tests of the pipeline (as if exported).
-    pub(crate) fn take_queued(&mut self) -> Vec<AgentSpan> {
-        let mut out = Vec::new();
+    /// Moves what is queued into `out`, as if exported (tests, and the replay of
+    /// `crate::replay`, which encodes the spans itself).
+    pub fn take_queued(&mut self, out: &mut Vec<AgentSpan>) {
         if let Some(rx) = &mut self.rx {
             while let Ok(span) = rx.try_recv() {
                 self.metrics.queue_length.dec();
                 out.push(span);
             }
         }
-        out
     }
 }
 

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_collector;
 mod bench_memory;
+mod bench_overhead;
 mod run;
 mod setup;
 mod test;
@@ -43,7 +44,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Benchmark one probe
+    /// Run one benchmark: syscalls, tcp, overhead (nginx under wrk, agent vs bpftrace; alias
+    /// http), memory, collector
     Bench {
         probe: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

@@ -37,6 +37,8 @@ const APT_PACKAGES: &[&str] = &[
     // A real HTTP server for the http probe's tests, and the load generator of its benchmark.
     "nginx-light",
     "wrk",
+    // The peer reference of `cargo xtask bench overhead` (xtask/bench/peer.bt).
+    "bpftrace",
     // Headless browser: the collector's HTML SLA report test renders the page and reads its DOM.
     "chromium",
     // Self-signed certificates for the collector's TLS test.

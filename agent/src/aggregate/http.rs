@@ -233,6 +233,21 @@ impl HttpPipeline {
         }
     }
 
+    /// The pipeline of an `[http]` configuration (routes and tenant rules validated).
+    pub fn from_config(
+        cfg: &crate::config::HttpConfig,
+        metrics: HttpMetrics,
+    ) -> Result<Self, String> {
+        Ok(Self::new(
+            cfg.max_connections,
+            RouteTable::new(&cfg.routes)?,
+            TenantResolver::new(&cfg.tenant)?,
+            cfg.max_series,
+            metrics,
+            &cfg.span_headers,
+        ))
+    }
+
     /// Also accumulates every counted server request for the OTLP SLI export
     /// ([`crate::sli_export`]), from `start` (wall clock) on.
     pub fn with_sli(mut self, start: SystemTime) -> Self {
@@ -636,6 +651,12 @@ mod tests {
     use crate::http::{route::RoutesConfig, tenant::TenantConfig};
     use opentelemetry::trace::SpanKind;
 
+    fn queued(task: &mut crate::otlp::SpanExporterTask) -> Vec<crate::spans::AgentSpan> {
+        let mut out = Vec::new();
+        task.take_queued(&mut out);
+        out
+    }
+
     fn pipeline(max_series: usize) -> (HttpPipeline, HttpMetrics) {
         let metrics = HttpMetrics::default();
         let p = HttpPipeline::new(
@@ -792,14 +813,14 @@ mod tests {
         let (mut p, m, sm, mut task) = with_spans(100);
         client(&mut p, 7, 2, 4, "");
         assert_eq!(p.pending_client_spans(), 1);
-        assert!(task.take_queued().is_empty(), "the client span waits");
+        assert!(queued(&mut task).is_empty(), "the client span waits");
         assert!(
             !encode_all(&m).contains("client_count"),
             "and so does its series"
         );
         server(&mut p, 7, 1, 21, "01");
         assert_eq!(p.pending_client_spans(), 0);
-        let spans = task.take_queued();
+        let spans = queued(&mut task);
         let (servers, clients) = (
             by_kind(&spans, SpanKind::Server),
             by_kind(&spans, SpanKind::Client),
@@ -834,7 +855,7 @@ mod tests {
         p.tick(4_000_000 + wait);
         assert_eq!(p.pending_client_spans(), 0);
         assert_eq!(sm.unparented_count(Unparented::NoServerSpan), 1);
-        let spans = task.take_queued();
+        let spans = queued(&mut task);
         let c = by_kind(&spans, SpanKind::Client)[0];
         assert_eq!(c.parent_span_id, opentelemetry::trace::SpanId::INVALID);
         let trace_id = trace::hex(&c.span_context.trace_id().to_bytes());
@@ -857,7 +878,7 @@ mod tests {
         client(&mut p, 7, 2, 4, &format!("traceparent: {own}\r\n"));
         assert_eq!(p.pending_client_spans(), 0, "no need to wait");
         server(&mut p, 7, 1, 21, "01");
-        let spans = task.take_queued();
+        let spans = queued(&mut task);
         let c = by_kind(&spans, SpanKind::Client)[0];
         assert_eq!(
             trace::hex(&c.span_context.trace_id().to_bytes()),
@@ -874,15 +895,11 @@ mod tests {
         client(&mut p, 8, 2, 3, "");
         assert_eq!(p.pending_client_spans(), 1);
         assert_eq!(sm.unparented_count(Unparented::BufferFull), 1);
-        assert_eq!(
-            task.take_queued().len(),
-            1,
-            "the overflow is a root at once"
-        );
+        assert_eq!(queued(&mut task).len(), 1, "the overflow is a root at once");
         p.flush_pending();
         assert_eq!(p.pending_client_spans(), 0);
         assert_eq!(sm.unparented_count(Unparented::Shutdown), 1);
-        assert_eq!(task.take_queued().len(), 1);
+        assert_eq!(queued(&mut task).len(), 1);
     }
 
     #[test]
@@ -890,7 +907,7 @@ mod tests {
         let (mut p, m, sm, mut task) = with_spans(100);
         client(&mut p, 7, 2, 4, "");
         server(&mut p, 7, 1, 21, "00");
-        assert!(task.take_queued().is_empty());
+        assert!(queued(&mut task).is_empty());
         assert_eq!(sm.spans(Outcome::NotSampled), 2);
         let text = encode_all(&m);
         assert!(text.contains("server_count"), "still counted: {text}");
