@@ -102,7 +102,10 @@ use prost::{Message as _, bytes::Bytes};
 use tokio::{sync::mpsc, time::Instant};
 
 use crate::{
-    aggregate::http::{DURATION_BUCKETS, RedLabels},
+    aggregate::{
+        FastMap,
+        http::{DURATION_BUCKETS, RedLabels},
+    },
     config::{OtlpConfig, OtlpProtocol},
     otlp::{OWN_EXPORT_HEADER, OutcomeLabels},
     spans::ResourceBase,
@@ -323,7 +326,7 @@ pub struct SliInterval {
     pub start: SystemTime,
     /// Wall clock; never before `start`.
     pub end: SystemTime,
-    pub series: HashMap<RedLabels, SeriesCounts>,
+    pub series: FastMap<RedLabels, SeriesCounts>,
 }
 
 impl SliInterval {
@@ -332,7 +335,7 @@ impl SliInterval {
         Self {
             start: at,
             end: at,
-            series: HashMap::new(),
+            series: FastMap::default(),
         }
     }
 
@@ -345,7 +348,7 @@ impl SliInterval {
 /// parameters.
 #[derive(Debug)]
 pub struct SliAccumulator {
-    series: HashMap<RedLabels, SeriesCounts>,
+    series: FastMap<RedLabels, SeriesCounts>,
     start: SystemTime,
 }
 
@@ -353,7 +356,7 @@ impl SliAccumulator {
     /// Accumulation begins at `start` (wall clock), the start of the first interval.
     pub fn new(start: SystemTime) -> Self {
         Self {
-            series: HashMap::new(),
+            series: FastMap::default(),
             start,
         }
     }
@@ -386,7 +389,10 @@ impl SliAccumulator {
     pub fn take(&mut self, end: SystemTime) -> SliInterval {
         let end = end.max(self.start);
         let capacity = self.series.len();
-        let series = std::mem::replace(&mut self.series, HashMap::with_capacity(capacity));
+        let series = std::mem::replace(
+            &mut self.series,
+            FastMap::with_capacity_and_hasher(capacity, Default::default()),
+        );
         let start = std::mem::replace(&mut self.start, end);
         SliInterval { start, end, series }
     }

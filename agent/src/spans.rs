@@ -36,7 +36,7 @@
 
 use std::{
     borrow::Cow,
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     str::FromStr as _,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -410,7 +410,10 @@ struct Pending<T> {
 /// Bounded in time (`wait` after their end) and in number; time is the caller's (kernel
 /// monotonic ns).
 pub struct PendingClients<T> {
-    by_thread: HashMap<ThreadKey, Vec<Pending<T>>>,
+    /// Per thread in arrival order, which is also expiry order but for records that arrive out
+    /// of order: a deque, so that expiring the oldest (the common case) is O(1). A thread that
+    /// only makes client calls (a load generator) holds up to `max` of them.
+    by_thread: HashMap<ThreadKey, VecDeque<Pending<T>>>,
     /// (expiry, sequence) -> thread, to expire in time order.
     by_expiry: BTreeMap<(u64, u64), ThreadKey>,
     seq: u64,
@@ -450,7 +453,7 @@ impl<T> PendingClients<T> {
         self.seq += 1;
         let expires_at = end_ns.saturating_add(self.wait_ns);
         self.by_expiry.insert((expires_at, self.seq), key);
-        self.by_thread.entry(key).or_default().push(Pending {
+        self.by_thread.entry(key).or_default().push_back(Pending {
             seq: self.seq,
             expires_at,
             start_ns,
@@ -468,9 +471,10 @@ impl<T> PendingClients<T> {
         let mut i = 0;
         while i < list.len() {
             if (start_ns..=end_ns).contains(&list[i].start_ns) {
-                let p = list.remove(i);
-                self.by_expiry.remove(&(p.expires_at, p.seq));
-                out.push(p.item);
+                if let Some(p) = list.remove(i) {
+                    self.by_expiry.remove(&(p.expires_at, p.seq));
+                    out.push(p.item);
+                }
             } else {
                 i += 1;
             }
@@ -498,8 +502,12 @@ impl<T> PendingClients<T> {
 
     fn take(&mut self, key: ThreadKey, seq: u64, out: &mut Vec<T>) {
         if let Some(list) = self.by_thread.get_mut(&key) {
-            if let Some(i) = list.iter().position(|p| p.seq == seq) {
-                out.push(list.remove(i).item);
+            if let Some(p) = list
+                .iter()
+                .position(|p| p.seq == seq)
+                .and_then(|i| list.remove(i))
+            {
+                out.push(p.item);
             }
             if list.is_empty() {
                 self.by_thread.remove(&key);
@@ -976,7 +984,7 @@ mod tests {
             }
             p.expire(i.saturating_sub(50), &mut out);
             assert!(p.len() <= 64);
-            assert_eq!(p.len(), p.by_thread.values().map(Vec::len).sum::<usize>());
+            assert_eq!(p.len(), p.by_thread.values().map(VecDeque::len).sum::<usize>());
         }
         p.drain(&mut out);
         assert_eq!(out.len() + rejected, 100_000, "every item comes out once");

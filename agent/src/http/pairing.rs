@@ -6,7 +6,9 @@
 //! further heads wait, in order, for later records with no request bytes. Only connections with
 //! requests waiting (or an open WebSocket) keep state, and both tables are bounded.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::aggregate::FastMap;
 
 use super::parse::{
     HeaderSelection, ParseError, RequestHead, is_interim, parse_requests, parse_response,
@@ -152,10 +154,10 @@ pub struct Pairer {
     max_conns: usize,
     max_queued: usize,
     sel: HeaderSelection,
-    conns: HashMap<ConnId, ConnState>,
+    conns: FastMap<ConnId, ConnState>,
     /// Least recently used first.
     lru: BTreeMap<u64, ConnId>,
-    websockets: HashMap<ConnId, Upgraded>,
+    websockets: FastMap<ConnId, Upgraded>,
     /// Oldest first.
     ws_order: BTreeMap<u64, ConnId>,
     tick: u64,
@@ -170,9 +172,9 @@ impl Pairer {
             max_conns: max_conns.max(1),
             max_queued: DEFAULT_MAX_QUEUED,
             sel,
-            conns: HashMap::new(),
+            conns: FastMap::default(),
             lru: BTreeMap::new(),
-            websockets: HashMap::new(),
+            websockets: FastMap::default(),
             ws_order: BTreeMap::new(),
             tick: 0,
             stats: PairingStats::default(),

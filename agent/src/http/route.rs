@@ -16,7 +16,9 @@
 //! `path.Clean`): the query string and fragment are cut, empty and `.` segments are dropped and
 //! `..` removes the segment before it. Memory per call is bounded whatever the path's length.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+
+use crate::aggregate::{FastMap, FastSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -242,11 +244,11 @@ impl Template {
 #[derive(Debug)]
 pub struct RouteTable {
     /// Per service, most specific first.
-    templates: HashMap<Box<str>, Vec<Template>>,
+    templates: FastMap<Box<str>, Vec<Template>>,
     auto: bool,
     max_routes_per_service: usize,
     /// Automatic routes seen per service (interned labels).
-    services: HashMap<Box<str>, HashSet<Arc<str>>>,
+    services: FastMap<Box<str>, FastSet<Arc<str>>>,
     overflowed: u64,
     other: Arc<str>,
     unmatched: Arc<str>,
@@ -260,7 +262,7 @@ impl RouteTable {
     /// Builds the table; fails with [`RoutesConfig::validate`]'s message on a bad config.
     pub fn new(cfg: &RoutesConfig) -> Result<Self, String> {
         cfg.validate()?;
-        let mut templates = HashMap::new();
+        let mut templates = FastMap::default();
         for svc in &cfg.services {
             let mut parsed = svc
                 .templates
@@ -275,7 +277,7 @@ impl RouteTable {
             templates,
             auto: cfg.auto,
             max_routes_per_service: cfg.max_routes_per_service,
-            services: HashMap::new(),
+            services: FastMap::default(),
             overflowed: 0,
             other: Arc::from(OTHER),
             unmatched: Arc::from(UNMATCHED),
@@ -327,7 +329,7 @@ impl RouteTable {
                 self.overflowed += 1;
                 return self.other.clone();
             }
-            self.services.insert(service.into(), HashSet::new());
+            self.services.insert(service.into(), FastSet::default());
         }
         let Some(routes) = self.services.get_mut(service) else {
             unreachable!("the service was inserted above");
@@ -363,7 +365,7 @@ impl RouteTable {
 
     /// Distinct automatic routes tracked for a service.
     pub fn routes_of(&self, service: &str) -> usize {
-        self.services.get(service).map_or(0, HashSet::len)
+        self.services.get(service).map_or(0, FastSet::len)
     }
 }
 
@@ -678,7 +680,7 @@ mod tests {
         const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         let mut t = table(&[]);
-        let mut routes = HashSet::new();
+        let mut routes = std::collections::HashSet::new();
         for _ in 0..10_000 {
             let id = rng.below(u64::MAX);
             let uuid = {

@@ -15,6 +15,8 @@
 //! it only runs when the sources before it in the chain found nothing.)
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::aggregate::FastSet;
 use std::sync::Arc;
 
 use opentelemetry::Context;
@@ -524,7 +526,7 @@ struct Labels {
     allowlist: HashSet<Box<str>>,
     max_tenants: usize,
     max_len: usize,
-    tenants: HashSet<Arc<str>>,
+    tenants: FastSet<Arc<str>>,
     unknown: Arc<str>,
     invalid: Arc<str>,
     other: Arc<str>,
@@ -608,7 +610,7 @@ impl TenantResolver {
                     .collect(),
                 max_tenants: cfg.max_tenants,
                 max_len: cfg.max_len,
-                tenants: HashSet::new(),
+                tenants: FastSet::default(),
                 unknown: Arc::from(UNKNOWN),
                 invalid: Arc::from(INVALID),
                 other: Arc::from(OTHER),

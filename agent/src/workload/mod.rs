@@ -13,10 +13,11 @@ pub mod pods;
 pub mod procfs;
 
 use std::{
-    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
+
+use crate::aggregate::FastMap;
 
 pub use cgroup::{ContainerRef, Runtime};
 pub use pods::{PodEvent, PodIndex, PodMeta, WorkloadNaming};
@@ -138,8 +139,8 @@ pub struct TableStats {
 pub struct ProcessTable {
     max_workloads: usize,
     idle_ttl: Duration,
-    procs: HashMap<u32, ProcEntry>,
-    labels: HashMap<Arc<str>, LabelSlot>,
+    procs: FastMap<u32, ProcEntry>,
+    labels: FastMap<Arc<str>, LabelSlot>,
     stats: TableStats,
     pods: PodIndex,
     naming: WorkloadNaming,
@@ -152,8 +153,8 @@ impl ProcessTable {
         Self {
             max_workloads,
             idle_ttl,
-            procs: HashMap::new(),
-            labels: HashMap::new(),
+            procs: FastMap::default(),
+            labels: FastMap::default(),
             stats: TableStats::default(),
             pods: PodIndex::default(),
             naming: WorkloadNaming::default(),
