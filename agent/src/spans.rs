@@ -984,7 +984,10 @@ mod tests {
             }
             p.expire(i.saturating_sub(50), &mut out);
             assert!(p.len() <= 64);
-            assert_eq!(p.len(), p.by_thread.values().map(VecDeque::len).sum::<usize>());
+            assert_eq!(
+                p.len(),
+                p.by_thread.values().map(VecDeque::len).sum::<usize>()
+            );
         }
         p.drain(&mut out);
         assert_eq!(out.len() + rejected, 100_000, "every item comes out once");
