@@ -22,9 +22,10 @@ pub fn bench(probe: String, args: Vec<String>) -> anyhow::Result<()> {
         "overhead" | "http" => crate::bench_overhead::overhead(&args),
         "memory" => crate::bench_memory::memory(&args),
         "collector" => crate::bench_collector::collector(&args),
+        "pipeline" => crate::bench_pipeline::pipeline(&args),
         other => bail!(
             "bench {other}: unknown benchmark (available: syscalls, tcp, overhead (alias http), \
-             memory, collector)"
+             memory, collector, pipeline)"
         ),
     }
 }

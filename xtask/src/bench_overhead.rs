@@ -745,14 +745,19 @@ impl Drop for Peer {
 
 /// nginx for the overhead bench: single process, its prefix, config and 1 KiB file in `dir`,
 /// pinned to CPU 1 on a free port of 127.0.0.1. Stopped (and `dir` removed) on drop too.
-struct Nginx {
+pub(crate) struct Nginx {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     dir: PathBuf,
 }
 
 impl Nginx {
-    fn start(dir: &Path) -> anyhow::Result<Self> {
+    pub(crate) fn start(dir: &Path) -> anyhow::Result<Self> {
+        Self::with_locations(dir, "")
+    }
+
+    /// Also serves `locations` (nginx `location` blocks), e.g. fixed answers per route.
+    pub(crate) fn with_locations(dir: &Path, locations: &str) -> anyhow::Result<Self> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir.join("logs"))?;
         std::fs::create_dir_all(dir.join("www"))?;
@@ -776,7 +781,7 @@ impl Nginx {
              fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n\
              scgi_temp_path {d}/scgi;\n\
              server {{\n  listen 127.0.0.1:{port};\n\
-             location = /1k.bin {{ root {d}/www; }}\n }}\n}}\n",
+             location = /1k.bin {{ root {d}/www; }}\n{locations}\n }}\n}}\n",
             d = dir.display()
         );
         let conf_path = dir.join("nginx.conf");
@@ -832,7 +837,7 @@ impl Nginx {
         self.child.id()
     }
 
-    fn stop(mut self) -> anyhow::Result<()> {
+    pub(crate) fn stop(mut self) -> anyhow::Result<()> {
         let status = self.terminate()?;
         // nginx exits 0 on SIGTERM (fast shutdown).
         if !status.success() {

@@ -5,6 +5,7 @@ mod bench;
 mod bench_collector;
 mod bench_memory;
 mod bench_overhead;
+mod bench_pipeline;
 mod run;
 mod setup;
 mod test;
@@ -45,7 +46,7 @@ enum Cmd {
         args: Vec<String>,
     },
     /// Run one benchmark: syscalls, tcp, overhead (nginx under wrk, agent vs bpftrace; alias
-    /// http), memory, collector
+    /// http), pipeline (recorded records replayed without a kernel), memory, collector
     Bench {
         probe: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

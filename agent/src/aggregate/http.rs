@@ -10,14 +10,18 @@
 //! exemplars only through its own histogram type).
 
 use std::{
+    fmt::Write as _,
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use opentelemetry::{InstrumentationScope, trace::SpanKind};
+use opentelemetry::{
+    InstrumentationScope,
+    trace::{SpanKind, TraceId},
+};
 use opentelemetry_sdk::trace::{RandomIdGenerator, Sampler};
 use prometheus_client::{
-    encoding::EncodeLabelSet,
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{
         counter::Counter, exemplar::HistogramWithExemplars, family::Family, gauge::Gauge,
         histogram::Histogram,
@@ -98,7 +102,18 @@ pub struct ActiveLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TraceLabel {
-    pub trace_id: String,
+    pub trace_id: TraceIdValue,
+}
+
+/// A trace id as a label value: written as hex when scraped, not on every request.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct TraceIdValue(pub TraceId);
+
+impl EncodeLabelValue for TraceIdValue {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        // `TraceId`'s Display is the 32 lowercase hex digits of W3C Trace Context.
+        write!(encoder, "{}", self.0)
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -551,7 +566,7 @@ impl HttpPipeline {
         // Only a sampled span's trace id: an exemplar should lead to a trace that exists (a
         // bucket keeps its previous exemplar otherwise).
         let exemplar = d.sampled.then(|| TraceLabel {
-            trace_id: trace::hex(&d.trace_id.to_bytes()),
+            trace_id: TraceIdValue(d.trace_id),
         });
         let at = self
             .clock

@@ -8,6 +8,8 @@
 //! in a header) in a fixed stack buffer, so the work is bounded by the input and nothing is
 //! allocated beyond the returned values.
 
+use std::mem::MaybeUninit;
+
 use httparse::Status;
 
 /// Headers parsed per head; a head with more is rejected (`ParseError::TooManyHeaders`).
@@ -29,6 +31,18 @@ const DENIED: [&str; 4] = [
     "cookie",
     "set-cookie",
 ];
+
+/// Whether `name` is one of `DENIED`.
+fn is_denied(name: &str) -> bool {
+    DENIED.iter().any(|d| name.eq_ignore_ascii_case(d))
+}
+
+/// Space for the headers of one parse, left uninitialised (`httparse` writes what it parses).
+type HeaderSlots<'b> = [MaybeUninit<httparse::Header<'b>>; MAX_HEADERS];
+
+fn header_slots<'b>() -> HeaderSlots<'b> {
+    [const { MaybeUninit::uninit() }; MAX_HEADERS]
+}
 
 /// Request method; methods outside the registered set are `Other` (`_OTHER` in telemetry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -295,9 +309,9 @@ fn try_request(
     sel: &HeaderSelection,
     complete: bool,
 ) -> Attempt<Parsed> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match parser_config().parse_request(&mut req, bytes) {
+    let mut headers = header_slots();
+    let mut req = httparse::Request::new(&mut []);
+    match parser_config().parse_request_with_uninit_headers(&mut req, bytes, &mut headers) {
         Ok(Status::Complete(len)) => {
             Attempt::Done(Ok(extract_request(&req, bytes, orig, complete, len, sel)))
         }
@@ -313,9 +327,9 @@ fn try_request(
 
 /// The error for bytes that still fail after sanitizing: was the request line readable?
 fn request_error_fallback(bytes: &[u8]) -> ParseError {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match parser_config().parse_request(&mut req, bytes) {
+    let mut headers = header_slots();
+    let mut req = httparse::Request::new(&mut []);
+    match parser_config().parse_request_with_uninit_headers(&mut req, bytes, &mut headers) {
         Err(httparse::Error::TooManyHeaders) => ParseError::TooManyHeaders,
         Err(httparse::Error::HeaderName | httparse::Error::HeaderValue) => {
             ParseError::Invalid("header line")
@@ -363,9 +377,9 @@ fn parse_response_head(buf: &[u8]) -> Result<(ResponseHead, usize), ParseError> 
 }
 
 fn try_response(bytes: &[u8], complete: bool) -> Attempt<(ResponseHead, usize)> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    match parser_config().parse_response(&mut resp, bytes) {
+    let mut headers = header_slots();
+    let mut resp = httparse::Response::new(&mut []);
+    match parser_config().parse_response_with_uninit_headers(&mut resp, bytes, &mut headers) {
         Ok(Status::Complete(len)) => {
             let status = resp.code.unwrap_or(0);
             if status < 100 {
@@ -391,9 +405,9 @@ fn try_response(bytes: &[u8], complete: bool) -> Attempt<(ResponseHead, usize)> 
 }
 
 fn response_error_fallback(bytes: &[u8]) -> ParseError {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    match parser_config().parse_response(&mut resp, bytes) {
+    let mut headers = header_slots();
+    let mut resp = httparse::Response::new(&mut []);
+    match parser_config().parse_response_with_uninit_headers(&mut resp, bytes, &mut headers) {
         Err(httparse::Error::HeaderName | httparse::Error::HeaderValue) => {
             ParseError::Invalid("header line")
         }
@@ -479,34 +493,38 @@ impl ConnectionFlags {
     fn from_headers<'a>(headers: impl Iterator<Item = &'a httparse::Header<'a>>) -> Self {
         let mut flags = Self::default();
         for h in headers {
-            flags.add(h.name, h.value);
+            match header_name(h.name) {
+                Some(Known::Connection) => flags.connection(h.value),
+                Some(Known::Upgrade) => flags.upgrade(h.value),
+                _ => {}
+            }
         }
         flags
     }
 
-    /// Returns whether the header was one of these.
-    fn add(&mut self, name: &str, value: &[u8]) -> bool {
-        let Some(value) = clean_value(value) else {
-            return name.eq_ignore_ascii_case("connection") || name.eq_ignore_ascii_case("upgrade");
+    /// A `Connection` header's value.
+    fn connection(&mut self, value: &[u8]) {
+        let Some(value) = clean_bytes(value) else {
+            return;
         };
-        if name.eq_ignore_ascii_case("connection") {
-            for token in tokens(value) {
-                self.close |= token.eq_ignore_ascii_case("close");
-                self.keep_alive |= token.eq_ignore_ascii_case("keep-alive");
-                self.upgrade |= token.eq_ignore_ascii_case("upgrade");
-            }
-            true
-        } else if name.eq_ignore_ascii_case("upgrade") {
-            // Protocol tokens may carry a version: `websocket/13`.
-            self.websocket |= tokens(value).any(|t| {
-                t.split('/')
-                    .next()
-                    .is_some_and(|p| p.eq_ignore_ascii_case("websocket"))
-            });
-            true
-        } else {
-            false
+        for token in tokens(value) {
+            self.close |= token.eq_ignore_ascii_case(b"close");
+            self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            self.upgrade |= token.eq_ignore_ascii_case(b"upgrade");
         }
+    }
+
+    /// An `Upgrade` header's value.
+    fn upgrade(&mut self, value: &[u8]) {
+        let Some(value) = clean_bytes(value) else {
+            return;
+        };
+        // Protocol tokens may carry a version: `websocket/13`.
+        self.websocket |= tokens(value).any(|t| {
+            t.split(|&b| b == b'/')
+                .next()
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"websocket"))
+        });
     }
 
     fn keep_alive(&self, http_minor: u8) -> bool {
@@ -518,20 +536,142 @@ impl ConnectionFlags {
     }
 }
 
-fn tokens(value: &str) -> impl Iterator<Item = &str> {
-    value.split(',').map(str::trim).filter(|t| !t.is_empty())
+/// The non-empty comma-separated elements of a clean value, without surrounding spaces (a clean
+/// value's only whitespace is the space).
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// The request and response headers this module reads (besides the selected ones).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Known {
+    Host,
+    Connection,
+    Upgrade,
+    ContentLength,
+    TransferEncoding,
+    Expect,
+    Traceparent,
+    Tracestate,
+    Baggage,
+}
+
+/// Which of the `Known` headers `name` is (case-insensitively): the length picks the
+/// candidates, a word comparison or two confirms one.
+fn header_name(name: &str) -> Option<Known> {
+    const HOST: LowerName = LowerName::new("host");
+    const EXPECT: LowerName = LowerName::new("expect");
+    const UPGRADE: LowerName = LowerName::new("upgrade");
+    const BAGGAGE: LowerName = LowerName::new("baggage");
+    const CONNECTION: LowerName = LowerName::new("connection");
+    const TRACESTATE: LowerName = LowerName::new("tracestate");
+    const TRACEPARENT: LowerName = LowerName::new("traceparent");
+    const CONTENT_LENGTH: LowerName = LowerName::new("content-length");
+    let n = name.as_bytes();
+    let known = match n.len() {
+        4 if HOST.matches(n) => Known::Host,
+        6 if EXPECT.matches(n) => Known::Expect,
+        7 if UPGRADE.matches(n) => Known::Upgrade,
+        7 if BAGGAGE.matches(n) => Known::Baggage,
+        10 if CONNECTION.matches(n) => Known::Connection,
+        10 if TRACESTATE.matches(n) => Known::Tracestate,
+        11 if TRACEPARENT.matches(n) => Known::Traceparent,
+        14 if CONTENT_LENGTH.matches(n) => Known::ContentLength,
+        17 if name.eq_ignore_ascii_case("transfer-encoding") => Known::TransferEncoding,
+        _ => return None,
+    };
+    Some(known)
+}
+
+/// A lowercase ASCII name of 4 to 16 bytes, compared case-insensitively a word at a time: its
+/// first and last 4 bytes (names up to 8 bytes) or 8 bytes (up to 16), overlapping. OR-ing
+/// 0x20 into the byte of a letter accepts exactly that letter's two cases; other bytes must be
+/// equal, so this is `eq_ignore_ascii_case` for any bytes.
+struct LowerName {
+    len: usize,
+    /// 4 or 8.
+    word: usize,
+    /// The first and the last word, little endian.
+    pattern: [u64; 2],
+    /// 0x20 at the letters of each word.
+    letters: [u64; 2],
+}
+
+impl LowerName {
+    const fn new(lower: &str) -> Self {
+        let bytes = lower.as_bytes();
+        let len = bytes.len();
+        assert!(len >= 4 && len <= 16);
+        let word = if len <= 8 { 4 } else { 8 };
+        let starts = [0, len - word];
+        let mut pattern = [0u64; 2];
+        let mut letters = [0u64; 2];
+        let mut w = 0;
+        while w < 2 {
+            let mut i = 0;
+            while i < word {
+                let b = bytes[starts[w] + i];
+                assert!(b.is_ascii() && !b.is_ascii_uppercase());
+                pattern[w] |= (b as u64) << (8 * i);
+                if b.is_ascii_lowercase() {
+                    letters[w] |= 0x20 << (8 * i);
+                }
+                i += 1;
+            }
+            w += 1;
+        }
+        Self {
+            len,
+            word,
+            pattern,
+            letters,
+        }
+    }
+
+    fn matches(&self, name: &[u8]) -> bool {
+        if name.len() != self.len {
+            return false;
+        }
+        let words = if self.word == 4 {
+            match (name.first_chunk::<4>(), name.last_chunk::<4>()) {
+                (Some(first), Some(last)) => [
+                    u64::from(u32::from_le_bytes(*first)),
+                    u64::from(u32::from_le_bytes(*last)),
+                ],
+                _ => return false,
+            }
+        } else {
+            match (name.first_chunk::<8>(), name.last_chunk::<8>()) {
+                (Some(first), Some(last)) => {
+                    [u64::from_le_bytes(*first), u64::from_le_bytes(*last)]
+                }
+                _ => return false,
+            }
+        };
+        words[0] | self.letters[0] == self.pattern[0]
+            && words[1] | self.letters[1] == self.pattern[1]
+    }
 }
 
 /// The value if it is not empty, printable ASCII (space included) and at most `MAX_VALUE_LEN`
 /// bytes (httparse already trimmed the surrounding whitespace).
-fn clean_value(value: &[u8]) -> Option<&str> {
-    if value.is_empty()
-        || value.len() > MAX_VALUE_LEN
-        || !value.iter().all(|b| (0x20..=0x7e).contains(b))
-    {
+fn clean_bytes(value: &[u8]) -> Option<&[u8]> {
+    if value.is_empty() || value.len() > MAX_VALUE_LEN {
         return None;
     }
-    std::str::from_utf8(value).ok()
+    // No early exit: the check runs a vector at a time.
+    let unprintable = value
+        .iter()
+        .fold(0u8, |bad, &b| bad | u8::from(!(0x20..=0x7e).contains(&b)));
+    (unprintable == 0).then_some(value)
+}
+
+/// `clean_bytes` as text, for the values that are kept.
+fn clean_value(value: &[u8]) -> Option<&str> {
+    std::str::from_utf8(clean_bytes(value)?).ok()
 }
 
 /// Offset of `sub` inside `whole` (both from the same parse).
@@ -551,16 +691,26 @@ fn extract_request(
     let method = Method::parse(req.method.unwrap_or("").as_bytes());
     let http_minor = req.version.unwrap_or(1);
     // The target's raw bytes: the copy may have had non-UTF-8 bytes replaced.
-    let target_parsed = req.path.unwrap_or("").as_bytes();
+    let target_str = req.path.unwrap_or("");
+    let target_parsed = target_str.as_bytes();
     let target = offset_in(bytes, target_parsed)
         .and_then(|off| orig.get(off..off + target_parsed.len()))
         .unwrap_or(target_parsed);
     let (path, authority) = split_target(target);
     let authority = authority.filter(|_| path != b"" || method == Method::Connect);
+    // Unless bytes were replaced, the path is part of the target `httparse` checked as UTF-8.
+    let path_str = std::ptr::eq(target, target_parsed)
+        .then(|| offset_in(target, path))
+        .flatten()
+        .and_then(|off| target_str.get(off..off + path.len()))
+        .filter(|p| p.len() <= MAX_PATH_LEN);
 
     let mut head = RequestHead {
         method,
-        path: lossy_capped(path, MAX_PATH_LEN),
+        path: match path_str {
+            Some(p) => p.to_owned(),
+            None => lossy_capped(path, MAX_PATH_LEN),
+        },
         http_minor,
         host: None,
         tenant_header: None,
@@ -580,52 +730,58 @@ fn extract_request(
     let mut tenant_seen = false;
     let mut traceparents = 0usize;
     let mut lengths = Lengths::default();
+    let mut traceparent = None;
 
     for h in req.headers.iter() {
         let name = h.name;
-        if DENIED.iter().any(|d| name.eq_ignore_ascii_case(d)) {
-            continue;
-        }
-        let value = clean_value(h.value);
-        if name.eq_ignore_ascii_case(&sel.tenant_header) && !tenant_seen {
+        // Selected headers; a denied one is never kept (no `DENIED` name is `Known`, so only
+        // the selection has to check).
+        if !tenant_seen && name.eq_ignore_ascii_case(&sel.tenant_header) && !is_denied(name) {
             // The first occurrence decides, as most server frameworks read it.
             tenant_seen = true;
-            head.tenant_header = value.map(str::to_owned);
+            head.tenant_header = clean_value(h.value).map(str::to_owned);
         }
-        if let Some(v) = value
+        if !sel.extra.is_empty()
             && sel.extra.iter().any(|e| name.eq_ignore_ascii_case(e))
+            && !is_denied(name)
+            && let Some(v) = clean_value(h.value)
         {
             head.extra.push((name.to_ascii_lowercase(), v.to_owned()));
         }
-        if conn.add(name, h.value) {
-            // Connection or Upgrade.
-        } else if name.eq_ignore_ascii_case("content-length") {
-            lengths.add_content_length(h.value);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            lengths.transfer_encoding = true;
-        } else if name.eq_ignore_ascii_case("host") {
-            hosts += 1;
-            host_header = value.and_then(|v| parse_host(v.as_bytes()));
-        } else if name.eq_ignore_ascii_case("expect") {
-            head.expect_continue |=
-                value.is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"));
-        } else if name.eq_ignore_ascii_case("traceparent") {
-            traceparents += 1;
-            head.traceparent = value.map(str::to_owned);
-        } else if name.eq_ignore_ascii_case("tracestate") {
-            append_list(&mut head.tracestate, value);
-        } else if name.eq_ignore_ascii_case("baggage") {
-            append_list(&mut head.baggage, value);
+        let Some(known) = header_name(name) else {
+            continue;
+        };
+        match known {
+            Known::Connection => conn.connection(h.value),
+            Known::Upgrade => conn.upgrade(h.value),
+            Known::ContentLength => lengths.add_content_length(h.value),
+            Known::TransferEncoding => lengths.transfer_encoding = true,
+            Known::Host => {
+                hosts += 1;
+                host_header = clean_bytes(h.value);
+            }
+            Known::Expect => {
+                head.expect_continue |= clean_bytes(h.value)
+                    .is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
+            }
+            Known::Traceparent => {
+                traceparents += 1;
+                traceparent = clean_value(h.value);
+            }
+            Known::Tracestate => append_list(&mut head.tracestate, clean_value(h.value)),
+            Known::Baggage => append_list(&mut head.baggage, clean_value(h.value)),
         }
     }
 
-    if traceparents > 1 {
-        // W3C Trace Context: several traceparent headers cannot be combined.
-        head.traceparent = None;
+    // W3C Trace Context: several traceparent headers cannot be combined.
+    if traceparents == 1 {
+        head.traceparent = traceparent.map(str::to_owned);
     }
-    // A single Host header only (RFC 9112 3.2: several are a client error).
-    let host_header = if hosts == 1 { host_header } else { None };
-    head.host = authority.and_then(parse_host).or(host_header);
+    // A single Host header only (RFC 9112 3.2: several are a client error); an absolute-form or
+    // CONNECT target's authority comes first.
+    head.host = authority
+        .and_then(parse_host)
+        .or_else(|| host_header.filter(|_| hosts == 1).and_then(parse_host));
     head.keep_alive = conn.keep_alive(http_minor);
     head.upgrade_websocket = conn.upgrade && conn.websocket;
 
@@ -650,12 +806,22 @@ fn extract_request(
 /// line's and the empty line's.
 fn header_lines(bytes: &[u8], target: &[u8], head_len: usize) -> Option<usize> {
     let start = offset_in(bytes, target)?;
-    let lfs = bytes
-        .get(start..head_len)?
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count();
-    lfs.checked_sub(2)
+    count_lf(bytes.get(start..head_len)?).checked_sub(2)
+}
+
+/// Number of LF bytes, counted a vector at a time.
+fn count_lf(bytes: &[u8]) -> usize {
+    let mut chunks = bytes.chunks_exact(32);
+    let mut n = 0;
+    for chunk in &mut chunks {
+        // At most 32 per chunk: a byte counter does not overflow.
+        n += usize::from(
+            chunk
+                .iter()
+                .fold(0u8, |count, &b| count + u8::from(b == b'\n')),
+        );
+    }
+    n + chunks.remainder().iter().filter(|&&b| b == b'\n').count()
 }
 
 #[derive(Default)]
@@ -668,9 +834,10 @@ struct Lengths {
 impl Lengths {
     fn add_content_length(&mut self, value: &[u8]) {
         // Digits only: no sign, no list (`5, 5`), no spaces inside.
-        let parsed = clean_value(value)
-            .filter(|v| v.len() <= 19 && v.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|v| v.parse::<u64>().ok());
+        let parsed = clean_bytes(value)
+            .filter(|v| v.len() <= 19 && v.iter().all(u8::is_ascii_digit))
+            // At most 19 digits: no overflow.
+            .map(|v| v.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')));
         match (parsed, self.content_length) {
             (None, _) => self.conflict = true,
             (Some(n), Some(prev)) if n != prev => self.conflict = true,
@@ -753,6 +920,9 @@ fn after_scheme(target: &[u8]) -> Option<&[u8]> {
 /// Lossy UTF-8, cut to at most `max` bytes at a character boundary.
 fn lossy_capped(bytes: &[u8], max: usize) -> String {
     let bytes = &bytes[..bytes.len().min(max)];
+    if let Ok(s) = std::str::from_utf8(bytes) {
+        return s.to_owned();
+    }
     let mut s = String::from_utf8_lossy(bytes).into_owned();
     if s.len() > max {
         let mut end = max;
@@ -780,7 +950,7 @@ fn parse_host(value: &[u8]) -> Option<String> {
         {
             return None;
         }
-        return Some(String::from_utf8_lossy(inner).to_ascii_lowercase());
+        return ascii_lowercase(inner);
     }
     let (name, port) = match value.iter().position(|&b| b == b':') {
         Some(colon) => (&value[..colon], &value[colon..]),
@@ -804,7 +974,14 @@ fn parse_host(value: &[u8]) -> Option<String> {
     if !labels_ok {
         return None;
     }
-    Some(String::from_utf8_lossy(name).to_ascii_lowercase())
+    ascii_lowercase(name)
+}
+
+/// `bytes` (checked ASCII by the caller) lowercased.
+fn ascii_lowercase(bytes: &[u8]) -> Option<String> {
+    let mut s = std::str::from_utf8(bytes).ok()?.to_owned();
+    s.make_ascii_lowercase();
+    Some(s)
 }
 
 /// Empty, or `:` followed by a port number (an empty port is allowed by RFC 3986).
@@ -814,11 +991,11 @@ fn valid_port(port: &[u8]) -> bool {
         Some((b':', digits)) => {
             digits.len() <= 5
                 && digits.iter().all(u8::is_ascii_digit)
-                && (digits.is_empty()
-                    || std::str::from_utf8(digits)
-                        .ok()
-                        .and_then(|d| d.parse::<u32>().ok())
-                        .is_some_and(|p| p <= 65535))
+                // At most 5 digits: no overflow.
+                && digits
+                    .iter()
+                    .fold(0u32, |n, &d| n * 10 + u32::from(d - b'0'))
+                    <= 65535
         }
         Some(_) => false,
     }

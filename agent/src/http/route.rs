@@ -372,7 +372,11 @@ impl RouteTable {
 /// Cuts a query string or fragment, and the scheme and authority of an absolute-form target
 /// (`http://host/path`), so that neither ever reaches a label.
 pub(crate) fn path_only(target: &str) -> &str {
-    let target = target.find(['?', '#']).map_or(target, |end| &target[..end]);
+    // A byte scan: both are ASCII, so the cut is at a character boundary.
+    let target = target
+        .bytes()
+        .position(|b| b == b'?' || b == b'#')
+        .map_or(target, |end| &target[..end]);
     if !target.starts_with('/')
         && let Some(scheme_end) = target.find("://")
     {
@@ -389,7 +393,10 @@ fn clean_segments(path: &str, stored: &mut Vec<(usize, usize)>) -> usize {
     let mut depth = 0usize;
     let mut start = 0;
     while start <= path.len() {
-        let end = path[start..].find('/').map_or(path.len(), |i| start + i);
+        let end = path.as_bytes()[start..]
+            .iter()
+            .position(|&b| b == b'/')
+            .map_or(path.len(), |i| start + i);
         match &path[start..end] {
             "" | "." => {}
             ".." => {
