@@ -193,7 +193,7 @@ impl Replay {
                 Err(_) => done.decode_errors += 1,
             }
             done.records += 1;
-            if (i as u64 + 1) % self.batch == 0 {
+            if (i as u64 + 1).is_multiple_of(self.batch) {
                 self.export(done);
             }
         }

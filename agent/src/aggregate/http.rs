@@ -565,7 +565,7 @@ impl HttpPipeline {
         let seconds = Duration::from_nanos(call.end_ns.saturating_sub(call.start_ns)).as_secs_f64();
         // Only a sampled span's trace id: an exemplar should lead to a trace that exists (a
         // bucket keeps its previous exemplar otherwise).
-        let exemplar = d.sampled.then(|| TraceLabel {
+        let exemplar = d.sampled.then_some(TraceLabel {
             trace_id: TraceIdValue(d.trace_id),
         });
         let at = self
