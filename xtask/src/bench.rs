@@ -43,6 +43,10 @@ pub(crate) fn release_bins() -> anyhow::Result<PathBuf> {
         "-p",
         "tenantscope-tests",
         "--bins",
+        // In the same build: an example alone unifies features differently (dev-dependencies)
+        // and would rebuild every dependency, then the next bench would rebuild them back.
+        "--example",
+        "pipeline",
     ]))?;
     Ok(util::target_dir()?.join("release"))
 }

@@ -76,15 +76,6 @@ pub fn pipeline(args: &[String]) -> anyhow::Result<()> {
         }
     }
     let bins = release_bins()?;
-    util::run(util::cargo(&[
-        "build",
-        "--release",
-        "--locked",
-        "-p",
-        "tenantscope-agent",
-        "--example",
-        "pipeline",
-    ]))?;
     let replay = bins.join("examples").join("pipeline");
     let dir = util::target_dir()?.join("bench").join("pipeline");
     std::fs::create_dir_all(&dir)?;
@@ -99,7 +90,7 @@ pub fn pipeline(args: &[String]) -> anyhow::Result<()> {
         );
     }
     eprintln!(
-        "recorded {} records from {requests} wrk requests",
+        "recorded the first {} records of {requests} wrk requests",
         all.records
     );
 
@@ -157,8 +148,8 @@ pub fn pipeline(args: &[String]) -> anyhow::Result<()> {
     };
     let targets = [METRICS_TARGET, SPANS_TARGET];
     let mut report = format!(
-        "Recording: {} records (`--record-http`) of {requests} wrk requests (both sides, nginx and \
-         wrk, captured); replayed {rounds} rounds x {seconds} s per path, paths interleaved; \
+        "Recording: the first {} `http` ring-buffer records (`--record-http`) of a 6 s wrk run \
+         ({requests} requests; the nginx and the wrk side of each exchange captured); replayed {rounds} rounds x {seconds} s per path, paths interleaved; \
          callgrind over the first {cg_records} records. {:.2} spans and {:.0} OTLP bytes per \
          record in the spans path.\n\n\
          | path | per core (median) | µs per record | instructions per record | target (goal / must) | verdict |\n\
