@@ -924,6 +924,9 @@ const OTLP_MAX_HEADERS: usize = 64;
 const OTLP_METRICS_INTERVAL: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(5 * 60));
 const OTLP_METRICS_QUEUE: (usize, usize) = (1, 10_000);
+const OTLP_RETRY_BUFFER: (usize, usize) = (0, 1_048_576);
+const OTLP_RETRY_MAX_BACKOFF: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(600));
 
 /// `[otlp]`: one OpenTelemetry span per captured HTTP request, exported over OTLP. The
 /// `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_EXPORTER_OTLP_HEADERS`,
@@ -989,6 +992,15 @@ pub struct OtlpConfig {
     /// while the collector is unreachable; when full, the oldest is dropped and counted.
     /// 1 to 10000. Default `60` (10 minutes at the default interval).
     pub metrics_queue: usize,
+    /// Spans of failed export requests kept while the collector is unreachable and retried,
+    /// oldest first, with exponential backoff and jitter (from 1s, doubling up to
+    /// `retry_max_backoff`); new batches wait behind them. When full, the oldest are dropped
+    /// and counted (`dropped_retry_full`). 0 to 1048576; 0 drops a failed request at once.
+    /// Default `16384` (about 16 MiB at most).
+    pub retry_buffer: usize,
+    /// Longest wait between two retries of failed span exports. 1s to 10m. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub retry_max_backoff: Duration,
 }
 
 impl Default for OtlpConfig {
@@ -1022,6 +1034,10 @@ impl Default for OtlpConfig {
             metrics_interval: Duration::from_secs(10),
             // Ten minutes of a collector outage or restart at the default interval.
             metrics_queue: 60,
+            // Half a minute of a busy node's sampled spans (~500/s): a collector restart.
+            retry_buffer: 16_384,
+            // Agents come back within half a minute of the collector, without hammering it.
+            retry_max_backoff: Duration::from_secs(30),
         }
     }
 }
@@ -1117,6 +1133,12 @@ impl OtlpConfig {
             OTLP_METRICS_INTERVAL,
         )?;
         check_range("otlp.metrics_queue", self.metrics_queue, OTLP_METRICS_QUEUE)?;
+        check_range("otlp.retry_buffer", self.retry_buffer, OTLP_RETRY_BUFFER)?;
+        check_duration(
+            "otlp.retry_max_backoff",
+            self.retry_max_backoff,
+            OTLP_RETRY_MAX_BACKOFF,
+        )?;
         Ok(())
     }
 }
@@ -1795,6 +1817,14 @@ mod tests {
             ("otlp.timeout", with(|c| c.otlp.timeout = ms(99))),
             ("otlp.timeout", with(|c| c.otlp.timeout = s(61))),
             ("otlp.queue_size", with(|c| c.otlp.queue_size = 63)),
+            (
+                "otlp.retry_buffer",
+                with(|c| c.otlp.retry_buffer = 1_048_577),
+            ),
+            (
+                "otlp.retry_max_backoff",
+                with(|c| c.otlp.retry_max_backoff = ms(999)),
+            ),
             ("otlp.queue_size", with(|c| c.otlp.queue_size = 1_048_577)),
             ("otlp.batch_size", with(|c| c.otlp.batch_size = 0)),
             ("otlp.batch_size", with(|c| c.otlp.batch_size = 65_537)),

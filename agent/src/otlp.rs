@@ -10,8 +10,9 @@
 //! logged at most once a minute.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     future::Future,
+    hash::{BuildHasher as _, RandomState},
     time::{Duration, SystemTime},
 };
 
@@ -19,7 +20,10 @@ use opentelemetry_otlp::{
     Protocol, RetryPolicy, SpanExporter, WithExportConfig as _, WithHttpConfig as _,
     WithTonicConfig as _,
 };
-use opentelemetry_sdk::{Resource, trace::SpanExporter as _};
+use opentelemetry_sdk::{
+    Resource,
+    trace::{SpanData, SpanExporter as _},
+};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -39,6 +43,7 @@ use crate::{
 pub const SPANS: &str = "tenantscope_agent_spans";
 pub const SPAN_EXPORT_DURATION: &str = "tenantscope_agent_span_export_duration";
 pub const SPAN_QUEUE_LENGTH: &str = "tenantscope_agent_span_queue_length";
+pub const SPAN_RETRY_BUFFER: &str = "tenantscope_agent_span_retry_buffer_spans";
 pub const CLIENT_SPANS_UNPARENTED: &str = "tenantscope_agent_client_spans_unparented";
 
 /// Export request durations (seconds): a node-local collector answers in milliseconds, a
@@ -54,6 +59,8 @@ const EXPORT_GRACE: Duration = Duration::from_secs(1);
 const LOG_EVERY: Duration = Duration::from_secs(60);
 /// Workload resources kept built; more distinct workloads rebuild them (bounded memory).
 const MAX_CACHED_RESOURCES: usize = 1024;
+/// First wait before retrying failed exports; it doubles up to `otlp.retry_max_backoff`.
+const RETRY_INITIAL: Duration = Duration::from_secs(1);
 
 /// What became of a span (`tenantscope_agent_spans_total{outcome}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,17 +69,21 @@ pub enum Outcome {
     Exported,
     /// `otlp.queue_size` spans were already waiting.
     DroppedQueueFull,
-    /// The export failed after its retries, timed out, could not be attempted (no exporter), or
-    /// the span came after shutdown began.
+    /// Its export failed and it was the oldest in a full `otlp.retry_buffer`.
+    DroppedRetryFull,
+    /// Its export failed and could not be kept for retry (`otlp.retry_buffer = 0`), it was still
+    /// waiting for a retry when the shutdown deadline passed, there is no exporter, or the span
+    /// came after shutdown began.
     DroppedExportFailed,
     /// The sampler dropped it (never queued).
     NotSampled,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 4] = [
+    pub const ALL: [Outcome; 5] = [
         Outcome::Exported,
         Outcome::DroppedQueueFull,
+        Outcome::DroppedRetryFull,
         Outcome::DroppedExportFailed,
         Outcome::NotSampled,
     ];
@@ -81,6 +92,7 @@ impl Outcome {
         match self {
             Outcome::Exported => "exported",
             Outcome::DroppedQueueFull => "dropped_queue_full",
+            Outcome::DroppedRetryFull => "dropped_retry_full",
             Outcome::DroppedExportFailed => "dropped_export_failed",
             Outcome::NotSampled => "not_sampled",
         }
@@ -133,6 +145,7 @@ pub struct SpanMetrics {
     spans: Family<OutcomeLabels, Counter>,
     export_duration: Histogram,
     queue_length: Gauge,
+    retry_buffer: Gauge,
     client_unparented: Family<UnparentedLabels, Counter>,
 }
 
@@ -142,6 +155,7 @@ impl Default for SpanMetrics {
             spans: Family::default(),
             export_duration: Histogram::new(EXPORT_BUCKETS),
             queue_length: Gauge::default(),
+            retry_buffer: Gauge::default(),
             client_unparented: Family::default(),
         };
         // Every series exists from the start, so a drop shows as a rate rather than a new series.
@@ -163,8 +177,8 @@ impl SpanMetrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             SPANS,
-            "Spans of captured HTTP requests, by outcome: exported, dropped (queue full, export \
-             failed) or not sampled",
+            "Spans of captured HTTP requests, by outcome: exported, dropped (queue full, retry \
+             buffer full, export failed) or not sampled",
             self.spans.clone(),
         );
         registry.register_with_unit(
@@ -177,6 +191,11 @@ impl SpanMetrics {
             SPAN_QUEUE_LENGTH,
             "Spans waiting for export (bounded by otlp.queue_size)",
             self.queue_length.clone(),
+        );
+        registry.register(
+            SPAN_RETRY_BUFFER,
+            "Spans of failed export requests waiting for a retry (bounded by otlp.retry_buffer)",
+            self.retry_buffer.clone(),
         );
         registry.register(
             CLIENT_SPANS_UNPARENTED,
@@ -221,6 +240,10 @@ impl SpanMetrics {
     pub fn queue_length(&self) -> i64 {
         self.queue_length.get()
     }
+
+    pub fn retry_buffer(&self) -> i64 {
+        self.retry_buffer.get()
+    }
 }
 
 /// Where the pipeline puts finished spans. Cloneable; [`SpanSink::offer`] never blocks. The
@@ -260,6 +283,8 @@ pub struct ExportSettings {
     pub timeout: Duration,
     pub batch_size: usize,
     pub batch_timeout: Duration,
+    pub retry_buffer: usize,
+    pub retry_max_backoff: Duration,
 }
 
 impl ExportSettings {
@@ -271,6 +296,8 @@ impl ExportSettings {
             timeout: cfg.timeout,
             batch_size: cfg.batch_size.max(1),
             batch_timeout: cfg.batch_timeout,
+            retry_buffer: cfg.retry_buffer,
+            retry_max_backoff: cfg.retry_max_backoff,
         }
     }
 }
@@ -422,6 +449,13 @@ struct Exporting {
     failing: bool,
     queue_full: Throttle,
     queue_full_seen: u64,
+    /// Failed export requests, oldest first, waiting for the collector to come back; at most
+    /// `retry_buffer` spans in all.
+    retry: VecDeque<(Origin, Vec<SpanData>)>,
+    retry_spans: usize,
+    /// When the oldest failed request is tried again.
+    retry_at: Option<Instant>,
+    backoff: Backoff,
 }
 
 impl Drop for Exporting {
@@ -430,6 +464,43 @@ impl Drop for Exporting {
             &self.metrics,
             self.batch.len() + self.in_flight + self.rx.len(),
         );
+        self.give_up_retries();
+    }
+}
+
+/// Exponential backoff with jitter between retries of failed exports: the wait doubles from
+/// [`RETRY_INITIAL`] up to the configured maximum, and each wait is drawn from the upper half
+/// of that value so that agents cut off together do not come back in step.
+#[derive(Debug)]
+struct Backoff {
+    max: Duration,
+    next: Duration,
+    random: RandomState,
+    draws: u64,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Self {
+        Self {
+            max,
+            next: RETRY_INITIAL.min(max),
+            random: RandomState::new(),
+            draws: 0,
+        }
+    }
+
+    /// The wait after one more failure in a row.
+    fn failed(&mut self) -> Duration {
+        let base = self.next;
+        self.next = base.saturating_mul(2).min(self.max);
+        self.draws += 1;
+        // 53 random bits as a fraction in [0, 1).
+        let fraction = (self.random.hash_one(self.draws) >> 11) as f64 / (1u64 << 53) as f64;
+        base / 2 + base.mul_f64(fraction / 2.0)
+    }
+
+    fn succeeded(&mut self) {
+        self.next = RETRY_INITIAL.min(self.max);
     }
 }
 
@@ -465,6 +536,10 @@ impl SpanExporterTask {
             queue_full: Throttle::default(),
             queue_full_seen: self.metrics.spans(Outcome::DroppedQueueFull),
             metrics: self.metrics.clone(),
+            retry: VecDeque::new(),
+            retry_spans: 0,
+            retry_at: None,
+            backoff: Backoff::new(settings.retry_max_backoff),
             settings,
         };
         let batch_size = st.settings.batch_size;
@@ -477,6 +552,14 @@ impl SpanExporterTask {
                     // While stopping, batches go out as soon as they are full or the queue is empty.
                     Some(at) if stop_by.is_none() => tokio::time::sleep_until(at).await,
                     _ => std::future::pending().await,
+                }
+            };
+            // No retries while stopping: the last flush makes one attempt each.
+            let retry_at = st.retry_at.filter(|_| stop_by.is_none());
+            let retry_timer = async move {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
                 }
             };
             let closed = tokio::select! {
@@ -500,6 +583,11 @@ impl SpanExporterTask {
                     None => true,
                 },
                 () = timer => false,
+                () = retry_timer => {
+                    st.retry_at = None;
+                    st.retry_failed(None).await;
+                    continue;
+                }
             };
             flush_at = None;
             let deadline = if closed {
@@ -508,9 +596,15 @@ impl SpanExporterTask {
             } else {
                 stop_by
             };
+            if closed {
+                // The failed requests first (they are older), one attempt each.
+                st.retry_failed(deadline).await;
+                st.give_up_retries();
+            }
             st.export_batch(deadline).await;
             st.warn_queue_full();
             if closed {
+                st.give_up_retries();
                 break;
             }
         }
@@ -520,6 +614,7 @@ impl SpanExporterTask {
         tracing::info!(
             exported = st.metrics.spans(Outcome::Exported),
             dropped_queue_full = st.metrics.spans(Outcome::DroppedQueueFull),
+            dropped_retry_full = st.metrics.spans(Outcome::DroppedRetryFull),
             dropped_export_failed = st.metrics.spans(Outcome::DroppedExportFailed),
             "span export stopped"
         );
@@ -528,7 +623,8 @@ impl SpanExporterTask {
 
 impl Exporting {
     /// Exports the batch, one request per workload; with a `deadline`, nothing is attempted
-    /// after it.
+    /// after it. While older requests wait for a retry, the batch joins them instead (order is
+    /// kept, and the collector is not hammered while it is down).
     async fn export_batch(&mut self, deadline: Option<Instant>) {
         let batch = std::mem::replace(
             &mut self.batch,
@@ -537,32 +633,116 @@ impl Exporting {
         self.in_flight = batch.len();
         for (origin, spans) in group_by_origin(batch) {
             let n = spans.len();
-            let result = self.export_one(&origin, spans, deadline).await;
             self.in_flight -= n;
             self.metrics.queue_length.dec_by(n as i64);
-            match result {
-                Ok(()) => {
-                    self.metrics.count(Outcome::Exported, n as u64);
-                    if std::mem::take(&mut self.failing) {
-                        tracing::info!(url = %self.settings.url, "OTLP span export works again");
-                    }
-                }
-                Err(error) => {
-                    self.metrics.count(Outcome::DroppedExportFailed, n as u64);
-                    self.failing = true;
-                    self.failed_since_log += n as u64;
-                    if self.failures.ready() {
-                        tracing::warn!(
-                            url = %self.settings.url,
-                            %error,
-                            dropped = self.failed_since_log,
-                            "OTLP span export failed; spans dropped (next warning in a minute at \
-                             the earliest, see tenantscope_agent_spans_total)"
-                        );
-                        self.failed_since_log = 0;
-                    }
-                }
+            if self.retry.is_empty() {
+                self.attempt(origin, spans, deadline).await;
+            } else {
+                self.keep_for_retry(origin, spans);
             }
+        }
+    }
+
+    /// Tries the failed requests again, oldest first, until one fails (then the backoff grows)
+    /// or none is left (then it is reset).
+    async fn retry_failed(&mut self, deadline: Option<Instant>) {
+        while let Some((origin, spans)) = self.retry.pop_front() {
+            self.retry_spans -= spans.len();
+            self.metrics.retry_buffer.dec_by(spans.len() as i64);
+            if !self.attempt(origin, spans, deadline).await {
+                return;
+            }
+        }
+    }
+
+    /// One export request; its outcome is counted, or on failure it is kept for a retry.
+    /// Returns whether it was exported.
+    async fn attempt(
+        &mut self,
+        origin: Origin,
+        spans: Vec<SpanData>,
+        deadline: Option<Instant>,
+    ) -> bool {
+        let n = spans.len();
+        // A copy only when a failure could be retried: the exporter consumes its input.
+        let kept = (self.settings.retry_buffer > 0).then(|| spans.clone());
+        self.in_flight += n;
+        let result = self.export_one(&origin, spans, deadline).await;
+        self.in_flight -= n;
+        match result {
+            Ok(()) => {
+                self.metrics.count(Outcome::Exported, n as u64);
+                self.backoff.succeeded();
+                if std::mem::take(&mut self.failing) {
+                    tracing::info!(url = %self.settings.url, "OTLP span export works again");
+                }
+                true
+            }
+            Err(error) => {
+                self.failing = true;
+                self.failed_since_log += n as u64;
+                if self.failures.ready() {
+                    tracing::warn!(
+                        url = %self.settings.url,
+                        %error,
+                        failed_spans = self.failed_since_log,
+                        retry_buffer = self.retry_spans + n,
+                        "OTLP span export failed; spans kept for retry up to otlp.retry_buffer \
+                         (next warning in a minute at the earliest, see \
+                         tenantscope_agent_spans_total)"
+                    );
+                    self.failed_since_log = 0;
+                }
+                match kept {
+                    Some(spans) => {
+                        // Back in front: it is the oldest.
+                        self.retry.push_front((origin, spans));
+                        self.retry_spans += n;
+                        self.metrics.retry_buffer.inc_by(n as i64);
+                        self.trim_retries();
+                        let wait = self.backoff.failed();
+                        self.retry_at = Some(Instant::now() + wait);
+                    }
+                    None => self.metrics.count(Outcome::DroppedExportFailed, n as u64),
+                }
+                false
+            }
+        }
+    }
+
+    /// Queues a request behind the failed ones.
+    fn keep_for_retry(&mut self, origin: Origin, spans: Vec<SpanData>) {
+        let n = spans.len();
+        self.retry.push_back((origin, spans));
+        self.retry_spans += n;
+        self.metrics.retry_buffer.inc_by(n as i64);
+        self.trim_retries();
+    }
+
+    /// Drops the oldest requests until at most `retry_buffer` spans wait.
+    fn trim_retries(&mut self) {
+        while self.retry_spans > self.settings.retry_buffer {
+            let Some((_, spans)) = self.retry.pop_front() else {
+                break;
+            };
+            let n = spans.len();
+            self.retry_spans -= n;
+            self.metrics.retry_buffer.dec_by(n as i64);
+            self.metrics.count(Outcome::DroppedRetryFull, n as u64);
+        }
+        if self.retry.is_empty() {
+            self.retry_at = None;
+        }
+    }
+
+    /// Counts what still waits for a retry as `dropped_export_failed` (shutdown).
+    fn give_up_retries(&mut self) {
+        let n = std::mem::take(&mut self.retry_spans);
+        if n > 0 {
+            self.retry.clear();
+            self.retry_at = None;
+            self.metrics.retry_buffer.dec_by(n as i64);
+            self.metrics.count(Outcome::DroppedExportFailed, n as u64);
         }
     }
 
@@ -678,6 +858,12 @@ mod tests {
 
     /// A minimal OTLP/HTTP receiver: every decoded request goes to the channel.
     async fn http_receiver() -> (String, mpsc::UnboundedReceiver<ExportTraceServiceRequest>) {
+        http_receiver_on(TcpListener::bind("127.0.0.1:0").await.expect("bind")).await
+    }
+
+    async fn http_receiver_on(
+        listener: TcpListener,
+    ) -> (String, mpsc::UnboundedReceiver<ExportTraceServiceRequest>) {
         use axum::{
             Router,
             body::Bytes,
@@ -712,7 +898,6 @@ mod tests {
             )
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         let app = Router::new()
             .route("/v1/traces", post(traces))
@@ -989,14 +1174,20 @@ mod tests {
             }));
             let mut p = pipeline(sink, metrics.clone());
             traffic(&mut p);
-            // Wait for the batch to fail (retries included), with the pipeline still alive.
+            // Wait for the batch to fail (retries included) and wait for a retry, with the
+            // pipeline still alive.
             let waited = tokio::time::timeout(Duration::from_secs(10), async {
-                while metrics.spans(Outcome::DroppedExportFailed) < 3 {
+                while metrics.retry_buffer() < 3 {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             })
             .await;
-            assert!(waited.is_ok(), "{protocol:?}: drops should be counted");
+            assert!(
+                waited.is_ok(),
+                "{protocol:?}: failed spans should wait for a retry"
+            );
+            assert_eq!(metrics.spans(Outcome::DroppedExportFailed), 0);
+            // At shutdown they get one more attempt, then are counted as dropped.
             // After shutdown began, offers are counted as dropped too, never blocking.
             stop_tx.send(()).expect("task running");
             tokio::time::timeout(Duration::from_secs(10), task)
@@ -1011,7 +1202,144 @@ mod tests {
                 "{protocol:?}"
             );
             assert_eq!(metrics.queue_length(), 0);
+            assert_eq!(metrics.retry_buffer(), 0);
         }
+    }
+
+    /// A port that was free a moment ago (connections to it are refused) and a listener that
+    /// takes it later.
+    fn free_port() -> u16 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("address").port()
+    }
+
+    async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let waited = tokio::time::timeout(Duration::from_secs(20), async {
+            while !done() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "timed out waiting for {what}");
+    }
+
+    #[tokio::test]
+    async fn spans_wait_out_a_collector_outage_and_arrive() {
+        let port = free_port();
+        let cfg = OtlpConfig {
+            retry_max_backoff: Duration::from_secs(1),
+            ..config(
+                OtlpProtocol::HttpProtobuf,
+                &format!("http://127.0.0.1:{port}"),
+            )
+        };
+        let metrics = SpanMetrics::default();
+        let (sink, task) = start(&cfg, ResourceBase::default(), metrics.clone());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(task.run(async {
+            let _ = stop_rx.await;
+        }));
+        let mut p = pipeline(sink, metrics.clone());
+        // Ten rounds of three spans while nothing listens, a batch every 20 ms.
+        for _ in 0..10 {
+            traffic(&mut p);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        wait_for("30 spans in the retry buffer", || {
+            metrics.retry_buffer() == 30
+        })
+        .await;
+        assert_eq!(metrics.spans(Outcome::Exported), 0);
+        // The collector comes back on the same port.
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("rebind");
+        let (_, mut rx) = http_receiver_on(listener).await;
+        wait_for("the retries to be exported", || {
+            metrics.spans(Outcome::Exported) == 30
+        })
+        .await;
+        traffic(&mut p);
+        wait_for("a new batch", || metrics.spans(Outcome::Exported) == 33).await;
+        stop_tx.send(()).expect("task running");
+        task.await.expect("no panic");
+        let mut received = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            received.push(r);
+        }
+        let spans = flatten(&received);
+        assert_eq!(spans.len(), 33, "every span arrives once");
+        let ids: std::collections::HashSet<_> =
+            spans.iter().map(|(_, s)| s.span_id.clone()).collect();
+        assert_eq!(ids.len(), 33, "no duplicates");
+        for o in [
+            Outcome::DroppedExportFailed,
+            Outcome::DroppedRetryFull,
+            Outcome::DroppedQueueFull,
+        ] {
+            assert_eq!(metrics.spans(o), 0, "{o:?}");
+        }
+        assert_eq!(metrics.retry_buffer(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_retry_buffer_drops_the_oldest_and_counts() {
+        let port = free_port();
+        let cfg = OtlpConfig {
+            retry_buffer: 7,
+            ..config(
+                OtlpProtocol::HttpProtobuf,
+                &format!("http://127.0.0.1:{port}"),
+            )
+        };
+        let metrics = SpanMetrics::default();
+        let (sink, task) = start(&cfg, ResourceBase::default(), metrics.clone());
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(task.run(async {
+            let _ = stop_rx.await;
+        }));
+        let mut p = pipeline(sink, metrics.clone());
+        for _ in 0..10 {
+            traffic(&mut p);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        wait_for("every batch to be handled", || {
+            metrics.retry_buffer() + metrics.spans(Outcome::DroppedRetryFull) as i64 == 30
+        })
+        .await;
+        assert!(metrics.retry_buffer() <= 7);
+        let kept = metrics.retry_buffer() as u64;
+        stop_tx.send(()).expect("task running");
+        task.await.expect("no panic");
+        assert_eq!(metrics.spans(Outcome::DroppedRetryFull), 30 - kept);
+        assert_eq!(
+            metrics.spans(Outcome::DroppedExportFailed),
+            kept,
+            "given up at shutdown"
+        );
+        assert_eq!(metrics.spans(Outcome::Exported), 0);
+        assert_eq!(metrics.retry_buffer(), 0);
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_maximum() {
+        let mut b = Backoff::new(Duration::from_secs(10));
+        let mut bases = Vec::new();
+        for _ in 0..6 {
+            let base = b.next;
+            let wait = b.failed();
+            assert!(
+                wait >= base / 2 && wait <= base,
+                "{wait:?} within [{base:?}/2, {base:?}]"
+            );
+            bases.push(base.as_secs());
+        }
+        assert_eq!(bases, [1, 2, 4, 8, 10, 10]);
+        // At the maximum the base no longer moves: only the jitter does.
+        let waits: std::collections::HashSet<_> = (0..8).map(|_| b.failed()).collect();
+        assert!(waits.len() > 1, "the waits are jittered");
+        b.succeeded();
+        assert_eq!(b.next, RETRY_INITIAL);
     }
 
     #[tokio::test]
