@@ -93,12 +93,7 @@ impl Collector {
         )
         .expect("collector config");
         let log = dir.join("collector.log");
-        let child = Command::new(collector_bin())
-            .arg("--config")
-            .arg(&config)
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("start the collector");
+        let child = Self::spawn(&config, &log, false);
         let c = Collector {
             child,
             api,
@@ -106,12 +101,56 @@ impl Collector {
             config,
             log,
         };
+        c.wait_ready();
+        c
+    }
+
+    fn spawn(config: &std::path::Path, log: &std::path::Path, append: bool) -> Child {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(log)
+            .expect("log");
+        Command::new(collector_bin())
+            .arg("--config")
+            .arg(config)
+            .stderr(file)
+            .spawn()
+            .expect("start the collector")
+    }
+
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while http_get(api, "/readyz", None).map(|r| r.0) != Some(200) {
-            assert!(Instant::now() < deadline, "the collector is not ready");
+        while http_get(self.api, "/readyz", None).map(|r| r.0) != Some(200) {
+            assert!(
+                Instant::now() < deadline,
+                "the collector is not ready:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
-        c
+    }
+
+    /// SIGKILL, as a crash or an OOM kill would: no chance to flush anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again with the same configuration, ports and store (after [`Collector::kill`]);
+    /// waits until ready. The log goes on in the same file.
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(&self.config, &self.log, true);
+        self.wait_ready();
+    }
+
+    /// Its own `/metrics`, parsed.
+    pub fn metrics(&self) -> Metrics {
+        let (status, body) = http_get(self.api, "/metrics", None).expect("scrape the collector");
+        assert_eq!(status, 200, "{body}");
+        Metrics::parse(&body)
     }
 
     pub fn log_text(&self) -> String {

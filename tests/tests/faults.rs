@@ -1,0 +1,304 @@
+//! Faults, end to end with the real agent (kernel probes, real HTTP traffic on loopback) and the
+//! real collector: the collector killed and down for a while, and the agent stopped with
+//! SIGTERM. What was sent, acknowledged, stored and dropped is counted on both sides and must
+//! add up.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use tenantscope_tests::{Agent, Collector, Metrics, http_get, privileged, python_http_server};
+
+const SERVER: &str = r#"
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = b"ok"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+"#;
+
+/// `n` keep-alive requests from `tenant`.
+const CLIENT: &str = r#"
+import http.client, sys
+port, tenant, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+conn = http.client.HTTPConnection("127.0.0.1", port)
+for _ in range(n):
+    conn.request("GET", "/items", headers={"X-Tenant-ID": tenant})
+    r = conn.getresponse(); r.read()
+conn.close()
+"#;
+
+fn requests(port: &str, tenant: &str, n: u64) {
+    let status = Command::new("python3")
+        .args(["-c", CLIENT, port.trim(), tenant, &n.to_string()])
+        .status()
+        .expect("client");
+    assert!(status.success(), "client: {status}");
+}
+
+fn spans(m: &Metrics, outcome: &str) -> f64 {
+    m.get("tenantscope_agent_spans_total", &[("outcome", outcome)])
+        .unwrap_or(0.0)
+}
+
+const DROPS: [&str; 3] = [
+    "dropped_queue_full",
+    "dropped_retry_full",
+    "dropped_export_failed",
+];
+
+/// Requests the collector's store holds for `tenant` this month (from the SLA report).
+fn stored_requests(c: &Collector, tenant: &str) -> Option<u64> {
+    let (code, body) = http_get(
+        c.api,
+        &format!("/api/v1/tenants/{tenant}/sla?period=current&format=json"),
+        None,
+    )?;
+    if code != 200 {
+        return None;
+    }
+    let r: serde_json::Value = serde_json::from_str(&body).ok()?;
+    r["totals"]["requests"].as_u64()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn agent_config(dir: &std::path::Path, collector: &Collector, otlp: &str) -> std::path::PathBuf {
+    let path = dir.join("agent.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[http.tenant.sources]]\nsource = \"header\"\nname = \"X-Tenant-ID\"\n\n\
+             [otlp]\nendpoint = \"http://127.0.0.1:{}\"\n{otlp}\n",
+            collector.grpc
+        ),
+    )
+    .expect("agent config");
+    path
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ts-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir
+}
+
+/// Nothing is waiting in the agent: no spans queued or waiting for a retry, no SLI request
+/// waiting for a retry.
+fn drained(m: &Metrics) -> bool {
+    m.get("tenantscope_agent_span_queue_length", &[]) == Some(0.0)
+        && m.get("tenantscope_agent_span_retry_buffer_spans", &[]) == Some(0.0)
+        && m.get("tenantscope_agent_sli_export_queue_length", &[]) == Some(0.0)
+}
+
+#[test]
+fn fault_collector_killed_and_down_agent_keeps_and_delivers() {
+    if !privileged("fault_collector_killed_and_down_agent_keeps_and_delivers") {
+        return;
+    }
+    let dir = temp_dir("fault-outage");
+    let mut collector = Collector::start(&dir, "");
+    let config = agent_config(
+        &dir,
+        &collector,
+        "metrics_interval = \"1s\"\nbatch_timeout = \"200ms\"\ntimeout = \"2s\"\n\
+         retry_max_backoff = \"2s\"",
+    );
+    let agent = Agent::start(&["-c", config.to_str().expect("utf-8")]);
+    let (mut server, port) = python_http_server(SERVER);
+
+    // Before: delivered and stored.
+    const BEFORE: u64 = 40;
+    requests(&port, "before", BEFORE);
+    wait_until(
+        "the first requests to be stored",
+        Duration::from_secs(30),
+        || stored_requests(&collector, "before") == Some(BEFORE),
+    );
+    let m = agent.wait_metrics(Duration::from_secs(20), |m| {
+        drained(m) && spans(m, "exported") > 0.0
+    });
+    assert!(drained(&m), "agent still holds data:\n{}", agent.log_text());
+    let exported_before = spans(&m, "exported");
+    let acknowledged_before = collector
+        .metrics()
+        .get("tenantscope_collector_otlp_spans_total", &[])
+        .expect("collector span counter");
+    assert_eq!(
+        acknowledged_before, exported_before,
+        "spans the agent counts as exported are the spans the collector acknowledged"
+    );
+
+    // The collector dies (no flush) and stays down while requests go on.
+    collector.kill();
+    let down = Instant::now();
+    const DURING: u64 = 60;
+    requests(&port, "during", DURING);
+    let m = agent.wait_metrics(Duration::from_secs(20), |m| {
+        m.get("tenantscope_agent_span_retry_buffer_spans", &[])
+            .is_some_and(|v| v > 0.0)
+            && m.get("tenantscope_agent_sli_export_queue_length", &[])
+                .is_some_and(|v| v > 0.0)
+    });
+    let waiting = m
+        .get("tenantscope_agent_span_retry_buffer_spans", &[])
+        .unwrap_or(0.0);
+    assert!(
+        waiting > 0.0,
+        "spans wait for a retry:\n{}",
+        agent.log_text()
+    );
+    // Down for 20 s in all: several SLI intervals and retries at the backoff's ceiling.
+    std::thread::sleep(Duration::from_secs(20).saturating_sub(down.elapsed()));
+    let m = agent.metrics();
+    for outcome in DROPS {
+        assert_eq!(spans(&m, outcome), 0.0, "{outcome} during the outage");
+    }
+    let failed_attempts = m
+        .get(
+            "tenantscope_agent_sli_exports_total",
+            &[("outcome", "failed")],
+        )
+        .unwrap_or(0.0);
+    assert!(
+        failed_attempts >= 5.0,
+        "SLI exports were attempted and failed"
+    );
+
+    // Back, on the same ports and store: everything arrives, nothing twice.
+    collector.restart();
+    let m = agent.wait_metrics(Duration::from_secs(30), drained);
+    assert!(drained(&m), "agent did not deliver:\n{}", agent.log_text());
+    wait_until(
+        "the outage's requests to be stored",
+        Duration::from_secs(30),
+        || stored_requests(&collector, "during") == Some(DURING),
+    );
+    assert_eq!(
+        stored_requests(&collector, "before"),
+        Some(BEFORE),
+        "what was stored before the SIGKILL is still there"
+    );
+    for outcome in DROPS {
+        assert_eq!(spans(&m, outcome), 0.0, "{outcome}");
+    }
+    let exported = spans(&m, "exported");
+    assert!(
+        exported > exported_before,
+        "the outage's spans were exported"
+    );
+    let acknowledged_after = collector
+        .metrics()
+        .get("tenantscope_collector_otlp_spans_total", &[])
+        .expect("collector span counter");
+    assert_eq!(
+        acknowledged_before + acknowledged_after,
+        exported,
+        "every span exported was acknowledged once (before the kill + after the restart)"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    drop(agent);
+    drop(collector);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn fault_sigterm_flushes_pending_spans_and_slis() {
+    if !privileged("fault_sigterm_flushes_pending_spans_and_slis") {
+        return;
+    }
+    let dir = temp_dir("fault-sigterm");
+    let collector = Collector::start(&dir, "");
+    // Nothing would leave before a minute: only the flush at SIGTERM can deliver.
+    let config = agent_config(
+        &dir,
+        &collector,
+        "metrics_interval = \"5m\"\nbatch_timeout = \"1m\"\ntimeout = \"5s\"",
+    );
+    let mut agent = Agent::start(&["-c", config.to_str().expect("utf-8")]);
+    let (mut server, port) = python_http_server(SERVER);
+    const N: u64 = 25;
+    requests(&port, "flush", N);
+    // Both ends are on this node: a server and a client span per request (the client's once
+    // its wait for a parent span is over).
+    let m = agent.wait_metrics(Duration::from_secs(20), |m| {
+        m.sum(
+            "http_server_request_duration_seconds_count",
+            &[("tenant", "flush")],
+        ) == N as f64
+            && m.get("tenantscope_agent_span_queue_length", &[]) == Some(2.0 * N as f64)
+    });
+    assert_eq!(
+        m.sum(
+            "http_server_request_duration_seconds_count",
+            &[("tenant", "flush")]
+        ),
+        N as f64
+    );
+    let queued = m
+        .get("tenantscope_agent_span_queue_length", &[])
+        .unwrap_or(0.0);
+    assert_eq!(queued, 2.0 * N as f64, "spans wait for their batch");
+    assert_eq!(
+        stored_requests(&collector, "flush").unwrap_or(0),
+        0,
+        "nothing sent yet"
+    );
+
+    let started = Instant::now();
+    let status = agent.stop();
+    let took = started.elapsed();
+    assert!(status.success(), "{status}:\n{}", agent.log_text());
+    // The deadline: one `otlp.timeout` per exporter, with slack for the runtime's shutdown.
+    assert!(took < Duration::from_secs(12), "stopping took {took:?}");
+    assert_eq!(
+        stored_requests(&collector, "flush"),
+        Some(N),
+        "the SLIs were flushed:\n{}",
+        agent.log_text()
+    );
+    let acknowledged = collector
+        .metrics()
+        .get("tenantscope_collector_otlp_spans_total", &[])
+        .expect("collector span counter");
+    // The agent's last word on its spans; this test's own requests to the collector's API
+    // may have added a span after the scrape above.
+    let log = agent.log_text();
+    let last = log
+        .lines()
+        .rfind(|l| l.contains("span export stopped"))
+        .expect("the exporter's final line");
+    let field = |key: &str| -> f64 {
+        last.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{key} in {last}"))
+    };
+    for outcome in DROPS {
+        assert_eq!(field(outcome), 0.0, "{last}");
+    }
+    assert!(field("exported") >= queued, "{last}");
+    assert_eq!(
+        acknowledged,
+        field("exported"),
+        "every span flushed at SIGTERM was acknowledged:\n{log}"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    drop(collector);
+    let _ = std::fs::remove_dir_all(&dir);
+}
