@@ -150,10 +150,18 @@ fn syscalls_workload_cap_folds_overflow_without_losing_counts() {
             .sum::<f64>()
     };
     let m = agent.wait_metrics(Duration::from_secs(15), |m| folded(m) >= 3000.0);
-    assert_eq!(
-        folded(&m),
-        3000.0,
-        "every call counted exactly once, folded or not"
+    // A load that kept its own workload has exactly its calls; the folded ones are in `_other`,
+    // which also takes any other process's getppid calls on this machine (hence at least).
+    let named: Vec<f64> = names
+        .iter()
+        .map(|w| count(&m, "getppid", w))
+        .filter(|&c| c > 0.0)
+        .collect();
+    assert!(named.iter().all(|&c| c == 1000.0), "{named:?}");
+    let other = count(&m, "getppid", "_other");
+    assert!(
+        other >= 1000.0 * (3 - named.len()) as f64,
+        "every call counted, folded or not: {named:?}, _other {other}"
     );
     let name = format!("{DURATION}_count");
     let workloads: std::collections::BTreeSet<&str> = m
