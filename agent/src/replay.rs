@@ -174,7 +174,7 @@ impl Replay {
                     request,
                     response,
                 }) => {
-                    self.last_ns = self.last_ns.max(resp_ts + shift);
+                    self.last_ns = self.last_ns.max(resp_ts.saturating_add(shift));
                     self.pipeline.on_record(
                         conn,
                         role,
@@ -182,13 +182,14 @@ impl Replay {
                         tid,
                         request,
                         response,
-                        req_ts + shift,
-                        resp_ts + shift,
+                        req_ts.saturating_add(shift),
+                        resp_ts.saturating_add(shift),
                         label_of,
                     );
                 }
                 Ok(Record::UpgradedClose { conn, at }) => {
-                    self.pipeline.on_close(conn, at + shift, label_of)
+                    self.pipeline
+                        .on_close(conn, at.saturating_add(shift), label_of)
                 }
                 Err(_) => done.decode_errors += 1,
             }
@@ -198,9 +199,11 @@ impl Replay {
             }
         }
         // Client spans still waiting for a parent leave as roots, as they would on the timer.
-        self.pipeline.tick(self.last_ns + 10_000_000_000);
+        // Saturating: recorded times are whatever the file holds.
+        let after = self.last_ns.saturating_add(10_000_000_000);
+        self.pipeline.tick(after);
         self.export(done);
-        self.shift_ns = self.last_ns + 10_000_000_000;
+        self.shift_ns = after;
     }
 
     /// Drains the span queue and encodes it: one export request per workload, as the exporter.
@@ -276,5 +279,22 @@ mod tests {
         let mut cut = data.clone();
         cut.pop();
         assert!(parse_recording(&cut).unwrap_err().contains("cut"));
+    }
+
+    #[test]
+    fn replays_times_near_the_end_of_the_clock() {
+        // Found by fuzzing (fuzz/ agent_event_decode): a recording's times are whatever the
+        // file holds; the pass after the last record and the next pass's shift saturate.
+        let late = record(
+            1,
+            u64::MAX - 600_000,
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n\r\n",
+        );
+        let mut replay = Replay::new(true).unwrap();
+        let mut done = Replayed::default();
+        replay.pass(&[&late], &mut done);
+        replay.pass(&[&late], &mut done);
+        assert_eq!((done.records, done.decode_errors), (2, 0));
     }
 }

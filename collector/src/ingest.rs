@@ -394,8 +394,16 @@ fn point(
         });
         return;
     }
+    // More requests than a u64 holds is no real histogram (and would wrap).
+    let Some(requests) = p
+        .bucket_counts
+        .iter()
+        .try_fold(0u64, |sum, &n| sum.checked_add(n))
+    else {
+        out.reject(Reject::Malformed, || "bucket counts overflow".into());
+        return;
+    };
     let status = int_attr(&p.attributes, "http.response.status_code");
-    let requests: u64 = p.bucket_counts.iter().sum();
     let mut counts = SliCounts {
         requests,
         errors: if is_error(status, &p.attributes) {
@@ -704,6 +712,25 @@ pub(crate) mod tests {
         req.resource_metrics[0].scope_metrics[0].metrics[0].unit = "ms".into();
         let b = metrics(&req, limits(), &mut CumulativeState::new(0, 10));
         assert_eq!((b.rebucketed, b.rows[0].counts.buckets[6]), (0, 5));
+    }
+
+    #[test]
+    fn counts_beyond_u64_are_malformed_and_sums_saturate() {
+        // Found by fuzzing (fuzz/ collector_otlp_ingest): the sum of a point's bucket counts
+        // overflowed (a panic in debug builds, wrapped counts in release).
+        let mut huge = hist_point("acme", "/", 200, [0; 15], T0 + 70);
+        huge.bucket_counts[0] = 1;
+        huge.bucket_counts[14] = u64::MAX;
+        let ok = hist_point("acme", "/", 200, one_at(3, u64::MAX - 1), T0 + 70);
+        let again = hist_point("acme", "/", 200, one_at(3, 5), T0 + 70);
+        let req = request("api", AggregationTemporality::Delta, vec![huge, ok, again]);
+        let b = metrics(&req, limits(), &mut CumulativeState::new(0, 10));
+        assert_eq!(b.rejected, vec![(Reject::Malformed, 1)]);
+        assert!(b.first_error.unwrap().contains("overflow"));
+        // Two valid points of one row add up to more than a u64: the row saturates.
+        assert_eq!(b.accepted, 2);
+        let c = b.rows[0].counts;
+        assert_eq!((c.requests, c.buckets[3]), (u64::MAX, u64::MAX));
     }
 
     #[test]

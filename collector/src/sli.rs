@@ -27,11 +27,12 @@ pub struct SliCounts {
 }
 
 impl SliCounts {
+    /// Saturating: counts from hostile exports may be near `u64::MAX`.
     pub fn add(&mut self, other: &SliCounts) {
-        self.requests += other.requests;
-        self.errors += other.errors;
+        self.requests = self.requests.saturating_add(other.requests);
+        self.errors = self.errors.saturating_add(other.errors);
         for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
-            *a += b;
+            *a = a.saturating_add(b);
         }
     }
 

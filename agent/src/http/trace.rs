@@ -38,12 +38,15 @@ impl Extractor for Headers<'_> {
 /// Parses the request's trace context; `None` when absent or invalid (a new trace starts).
 pub fn incoming(traceparent: Option<&str>, tracestate: Option<&str>) -> Option<Incoming> {
     let traceparent = traceparent?;
-    // The propagator parses ids as numbers and so accepts short ones ("abc" as a trace id);
+    // The propagator parses ids as numbers and so accepts short ones ("abc" as a trace id),
+    // and it trims the value, so a one-digit field padded with a space passes a length check;
     // W3C requires exactly 2-32-16-2 hex digits (later versions may append "-..." fields).
     let mut fields = traceparent.split('-');
-    let lengths_ok = [2, 32, 16, 2]
-        .iter()
-        .all(|n| fields.next().is_some_and(|f| f.len() == *n));
+    let lengths_ok = [2, 32, 16, 2].iter().all(|n| {
+        fields
+            .next()
+            .is_some_and(|f| f.len() == *n && f.bytes().all(|b| b.is_ascii_hexdigit()))
+    });
     if !lengths_ok || (traceparent.starts_with("00") && traceparent.len() != 55) {
         return None;
     }
@@ -102,6 +105,10 @@ mod tests {
             // wrong lengths
             "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b-01",
+            // one-digit flags padded to two characters (found by fuzzing: the propagator
+            // trims the value and took the flags as `0`)
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0 ",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1\t",
         ] {
             assert_eq!(incoming(Some(bad), None), None, "{bad:?}");
         }
