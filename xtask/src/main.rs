@@ -6,6 +6,7 @@ mod bench_collector;
 mod bench_memory;
 mod bench_overhead;
 mod bench_pipeline;
+mod fuzz;
 mod run;
 mod setup;
 mod test;
@@ -52,6 +53,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run the cargo-fuzz targets (fuzz/, docs/fuzzing.md): [--seconds N] (default 600 per
+    /// target) [--jobs N] (default 2 at once) [--record] (append to docs/fuzzing.md) [TARGET...]
+    Fuzz {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -61,6 +68,7 @@ fn main() -> ExitCode {
         Cmd::Run { args } => run::run(args),
         Cmd::Report { args } => run::report(args),
         Cmd::Bench { probe, args } => bench::bench(probe, args),
+        Cmd::Fuzz { args } => fuzz::fuzz(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

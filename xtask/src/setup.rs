@@ -107,6 +107,10 @@ pub fn setup() -> anyhow::Result<()> {
         format!("bpf-linker {BPF_LINKER_VERSION}"),
         bpf_linker(&toolchain)?,
     );
+    report(
+        format!("cargo-fuzz {}", crate::fuzz::CARGO_FUZZ_VERSION),
+        cargo_fuzz(&toolchain)?,
+    );
     report("apt packages".to_owned(), apt_packages(root)?);
     report(
         format!("python OTLP decoder ({})", PY_OTLP_PACKAGES.join(", ")),
@@ -278,6 +282,41 @@ fn check_bpf_linker(lib: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `cargo fuzz` for the fuzz targets (fuzz/, run by `cargo xtask fuzz` and `test`), at the
+/// pinned release; reinstalled when another one is on PATH.
+fn cargo_fuzz(toolchain: &str) -> anyhow::Result<Outcome> {
+    let version = crate::fuzz::CARGO_FUZZ_VERSION;
+    let installed = util::which("cargo-fuzz").and_then(|bin| {
+        let mut cmd = Command::new(bin);
+        cmd.arg("--version");
+        output(cmd).ok()
+    });
+    // `cargo-fuzz 0.13.2`
+    if installed.is_some_and(|v| v.split_whitespace().nth(1) == Some(version)) {
+        return Ok(Outcome::Present);
+    }
+    let mut install = rustup_run(
+        toolchain,
+        "cargo",
+        &[
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--force",
+            "--version",
+            version,
+        ],
+    );
+    // A temporary target dir, not the project's build cache.
+    install.env_remove("CARGO_TARGET_DIR");
+    println!(
+        "setup: cargo-fuzz: building (takes a minute or two): {}",
+        util::display(&install)
+    );
+    util::run(install)?;
+    Ok(Outcome::Installed(String::new()))
 }
 
 fn apt_packages(root: bool) -> anyhow::Result<Outcome> {

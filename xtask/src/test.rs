@@ -83,6 +83,8 @@ pub fn test() -> anyhow::Result<()> {
             "test --workspace --locked --exclude {EBPF_PACKAGE} --exclude {PRIVILEGED_TESTS}"
         ))),
     );
+    // Every cargo-fuzz target for a bounded time, from its committed seeds (fuzz/).
+    step("fuzz (30 s per target)", cargo("xtask fuzz --seconds 30"));
     step(
         "privileged tests",
         with_test_env(cargo(&format!(
