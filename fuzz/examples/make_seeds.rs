@@ -598,6 +598,47 @@ fn event_decode(root: &Path) {
         &process(EXEC_KIND, 4243, 0, b"a\x1b[31mb\xff"),
     );
     c.put("raw-process-exit", &process(EXIT_KIND, 4243, 0, b""));
+    // The kernel's full windows: 1024 request bytes, 256 response bytes.
+    let full_resp = &many_headers_response()[..256];
+    c.put(
+        "raw-http-full-windows",
+        &server(1, 10 * ms, &cut_request(), full_resp),
+    );
+    c.put(
+        "raw-http-second-pipelined-response",
+        &server(2, 11 * ms, b"", NO_CONTENT),
+    );
+    c.put(
+        "raw-http-unknown-role",
+        &http_record(EXCHANGE_KIND, 9, 1, 1, 1, ms, CURL_GET, OK_JSON),
+    );
+    let mut unlisten = tcp_listen();
+    unlisten[..4].copy_from_slice(&tenantscope_agent_common::tcp::UNLISTEN_KIND.to_ne_bytes());
+    c.put("raw-tcp-unlisten", &unlisten);
+    c.put("recording-empty", &recording(&tmp, &[]));
+    let interleaved: Vec<Vec<u8>> = (0..12u64)
+        .map(|i| match i % 4 {
+            0 => server(i % 3, i * ms, CURL_GET, OK_JSON),
+            1 => server(i % 3, i * ms, GO_POST, CREATED),
+            2 => http_record(
+                EXCHANGE_KIND,
+                ROLE_CLIENT,
+                10 + i,
+                4242,
+                4242,
+                i * ms,
+                PYTHON_PUT,
+                NOT_FOUND,
+            ),
+            _ => server(i % 3, i * ms, b"", BAD_GATEWAY),
+        })
+        .collect();
+    c.put(
+        "recording-interleaved-connections",
+        &recording(&tmp, &interleaved),
+    );
+    let _ = std::fs::remove_file(&tmp);
+
     let mut truncated = server(1, 10 * ms, CURL_GET, OK_JSON);
     truncated.truncate(truncated.len() - 3);
     c.put("raw-http-truncated", &truncated);
@@ -1099,6 +1140,40 @@ fn otlp_ingest(root: &Path) {
     );
 
     put(
+        "traces-json-gzip",
+        Traces,
+        Json,
+        Gzip,
+        Agent,
+        &serde_json::to_vec(&traces).unwrap(),
+    );
+    let mut two = sdk.clone();
+    let mut other = cumulative.resource_metrics[0].clone();
+    other.resource = Some(Resource {
+        attributes: vec![
+            kv("service.name", s("billing")),
+            kv("tenant.id", s("initech")),
+        ],
+        ..Default::default()
+    });
+    two.resource_metrics.push(other);
+    put(
+        "sdk-two-resources",
+        Metrics,
+        Protobuf,
+        Identity,
+        Agent,
+        &two.encode_to_vec(),
+    );
+    put(
+        "sdk-two-resources-json",
+        Metrics,
+        Json,
+        Identity,
+        Agent,
+        &serde_json::to_vec(&two).unwrap(),
+    );
+    put(
         "no-token",
         Metrics,
         Protobuf,
@@ -1201,6 +1276,30 @@ fn config_parse(root: &Path, repo: &Path) {
         (
             "collector-bad-values",
             "[storage]\nminute_retention = \"1h\"\n\n[ingest]\nmax_cumulative_series = 0\n\n[log]\nlevel = \"info,,=[\"\n",
+        ),
+        (
+            "agent-kubernetes",
+            "[kubernetes]\nenabled = \"auto\"\nnode_name = \"node-1\"\napi_url = \"https://10.96.0.1:443\"\nmax_pods = 512\nworkload_label = \"owner\"\n\n[workloads]\nmax = 500\nidle_ttl = \"10m\"\n",
+        ),
+        (
+            "agent-server-log-probes",
+            "[server]\nlisten = \"[::]:9464\"\n\n[log]\nlevel = \"warn,tenantscope_agent=debug\"\nformat = \"json\"\n\n[syscalls]\nenabled = true\nhook = \"tracepoint\"\nread_interval = \"2s 500ms\"\nmax_map_entries = 131072\n\n[process]\npoll_interval = \"50ms\"\nringbuf_bytes = 524288\n",
+        ),
+        (
+            "agent-unknown-key",
+            "[http]\nenabled = true\nrequest_capture = 512\n",
+        ),
+        (
+            "collector-objectives",
+            "[objectives]\ndefault_tier = \"standard\"\n\n[objectives.tiers.standard]\navailability = 99.9\nlatency_threshold = \"500ms\"\nlatency_target = 99.0\nperiod = \"calendar_month\"\n\n[objectives.tiers.premium]\navailability = 99.99\nlatency_threshold = \"250ms\"\nlatency_target = 99.5\nperiod = \"rolling_30d\"\n\n[objectives.tenants]\nacme = { tier = \"premium\" }\n\n[[objectives.maintenance]]\nstart = \"2026-11-14T02:00:00Z\"\nend = \"2026-11-14T04:00:00Z\"\ntenants = [\"acme\"]\nreason = \"database upgrade\"\n",
+        ),
+        (
+            "collector-remote-write-forward",
+            "[remote_write]\nurl = \"http://127.0.0.1:9090/api/v1/write\"\nflush_interval = \"15s\"\ngrace = \"1m 30s\"\nmax_samples_per_request = 2000\ncollector_id = \"collector-0\"\nbearer_token = \"t\"\n\n[remote_write.headers]\nX-Scope-OrgID = \"platform\"\n\n[forward]\nendpoint = \"http://tempo:4318\"\nprotocol = \"http/protobuf\"\nqueue_size = 1024\n\n[promql]\nurl = \"http://127.0.0.1:9090\"\ntimeout = \"2m\"\n",
+        ),
+        (
+            "collector-tls-half",
+            "[server]\ntls_cert = \"/etc/tenantscope/tls.crt\"\n\n[auth]\nallow_unauthenticated = true\n",
         ),
         ("not-toml", "[[[\nkey = = \"value\"\n\u{0}\u{ff}"),
         ("empty", ""),

@@ -33,6 +33,9 @@ const DEFAULT_SECONDS: u64 = 600;
 /// libFuzzer limits: the memory one input may take (ASan's overhead included), and the time.
 const RSS_LIMIT_MB: u64 = 2048;
 const TIMEOUT_S: u64 = 10;
+/// Inputs a target's scratch corpus may hold before it is merged down to those that still add
+/// coverage: each run adds some, and replaying them all would eat a short run's time.
+const MAX_SCRATCH_INPUTS: usize = 4000;
 
 /// Build flags, the same for `build` and `run` (a difference would rebuild everything).
 /// AddressSanitizer works on the pinned stable toolchain with RUSTC_BOOTSTRAP (it ships the
@@ -131,6 +134,10 @@ pub fn fuzz(args: Vec<String>) -> anyhow::Result<()> {
     let built = started.elapsed().as_secs();
     println!("fuzz: built every target in {built}s");
 
+    for target in &o.targets {
+        compact(target)?;
+    }
+
     let logs = target_dir()?.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| logs.display().to_string())?;
     let mut outcomes = Vec::new();
@@ -198,6 +205,38 @@ pub fn fuzz(args: Vec<String>) -> anyhow::Result<()> {
         outcomes.len(),
         o.seconds,
         started.elapsed().as_secs()
+    );
+    Ok(())
+}
+
+/// Merges a target's scratch corpus down to the inputs that add coverage (libFuzzer's
+/// `-merge=1`) once it holds more than `MAX_SCRATCH_INPUTS`.
+fn compact(target: &str) -> anyhow::Result<()> {
+    let scratch = target_dir()?.join("corpus").join(target);
+    let count = |dir: &Path| std::fs::read_dir(dir).map_or(0, |d| d.count());
+    let before = count(&scratch);
+    if before <= MAX_SCRATCH_INPUTS {
+        return Ok(());
+    }
+    let merged = scratch.with_extension("merged");
+    let _ = std::fs::remove_dir_all(&merged);
+    std::fs::create_dir_all(&merged).with_context(|| merged.display().to_string())?;
+    let mut cmd = cargo_fuzz("run")?;
+    cmd.arg(target)
+        .arg(&merged)
+        .arg(&scratch)
+        .arg("--")
+        .arg("-merge=1")
+        .arg(format!("-rss_limit_mb={RSS_LIMIT_MB}"))
+        .arg(format!("-timeout={TIMEOUT_S}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    util::run(cmd)?;
+    std::fs::remove_dir_all(&scratch).with_context(|| scratch.display().to_string())?;
+    std::fs::rename(&merged, &scratch).with_context(|| scratch.display().to_string())?;
+    println!(
+        "fuzz: {target}: scratch corpus merged from {before} to {} inputs",
+        count(&scratch)
     );
     Ok(())
 }

@@ -42,6 +42,11 @@ pub fn test() -> anyhow::Result<()> {
     };
 
     step("fmt", cargo("fmt --all --check"));
+    // The fuzz crate is a workspace of its own (fuzz/).
+    step(
+        "fmt (fuzz)",
+        cargo("fmt --all --check --manifest-path fuzz/Cargo.toml"),
+    );
     step(
         "clippy (userspace)",
         cargo(&format!(
