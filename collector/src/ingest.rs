@@ -182,10 +182,18 @@ impl CumulativeState {
         let previous = self.last.insert(key.clone(), (start_ns, counts));
         undo.0.push((key, previous));
         match previous {
-            // Same series, not reset: the difference. A decrease is a reset without a new start
-            // time; the new point is then all new.
+            // Same series, not reset: the difference. A decrease (of the requests or of any
+            // bucket) is a reset without a new start time; the new point is then all new. (A
+            // bucket that shrank while the total grew would otherwise leave buckets that no
+            // longer add up to the requests.)
             Some((prev_start, prev))
-                if prev_start == start_ns && prev.requests <= counts.requests =>
+                if prev_start == start_ns
+                    && prev.requests <= counts.requests
+                    && prev
+                        .buckets
+                        .iter()
+                        .zip(&counts.buckets)
+                        .all(|(p, c)| p <= c) =>
             {
                 let mut d = SliCounts {
                     requests: counts.requests - prev.requests,
@@ -193,7 +201,7 @@ impl CumulativeState {
                     ..Default::default()
                 };
                 for (i, b) in d.buckets.iter_mut().enumerate() {
-                    *b = counts.buckets[i].saturating_sub(prev.buckets[i]);
+                    *b = counts.buckets[i] - prev.buckets[i];
                 }
                 Ok(d)
             }
@@ -773,6 +781,32 @@ pub(crate) mod tests {
         p.attributes[2] = kv("http.route", s("/third"));
         let b = next(&mut state, &p, one_at(1, 1), T0 + 190, started + 1);
         assert_eq!(b.rejected, vec![(Reject::StateFull, 1)]);
+    }
+
+    #[test]
+    fn a_cumulative_bucket_that_shrinks_is_a_reset() {
+        // Found by fuzzing (fuzz/ collector_otlp_ingest): the total grew by 3 while one bucket
+        // grew by 5 and another shrank by 2; the delta's buckets added up to 5 requests, not 3.
+        let started = ((T0 - 100) * 1_000_000_000) as u64;
+        let mut state = CumulativeState::new(started, 4);
+        let point = |counts: [u64; 15], end: i64| {
+            let mut p = hist_point("acme", "/", 200, counts, end);
+            p.start_time_unix_nano = started + 1;
+            request("api", AggregationTemporality::Cumulative, vec![p])
+        };
+        let mut first = one_at(3, 10);
+        first[5] = 4;
+        let mut second = one_at(3, 15);
+        second[5] = 2;
+        metrics(&point(first, T0 + 70), limits(), &mut state);
+        let b = metrics(&point(second, T0 + 130), limits(), &mut state);
+        let c = b.rows[0].counts;
+        assert_eq!(c.buckets.iter().sum::<u64>(), c.requests);
+        assert_eq!(
+            (c.requests, c.buckets[3], c.buckets[5]),
+            (17, 15, 2),
+            "all new"
+        );
     }
 
     #[test]

@@ -38,7 +38,9 @@ impl SliCounts {
 
     /// Requests no slower than `LATENCY_BOUNDS[bound]`.
     pub fn within(&self, bound: usize) -> u64 {
-        self.buckets[..=bound.min(BUCKETS - 1)].iter().sum()
+        self.buckets[..=bound.min(BUCKETS - 1)]
+            .iter()
+            .fold(0, |sum, &n| sum.saturating_add(n))
     }
 
     pub fn is_empty(&self) -> bool {

@@ -322,8 +322,10 @@ impl TcpAggregator {
         if let Some(rtt) = c.srtt {
             t.rtt.observe(&RTT_BUCKETS, rtt.as_secs_f64());
         }
-        t.bytes_tx += c.bytes_sent;
-        t.bytes_rx += c.bytes_received;
+        // Saturating: a counter that wrapped would read as a reset; the kernel's per-connection
+        // counts are whatever its record holds.
+        t.bytes_tx = t.bytes_tx.saturating_add(c.bytes_sent);
+        t.bytes_rx = t.bytes_rx.saturating_add(c.bytes_received);
     }
 
     /// Names the other end: a workload on this node, a configured rule (by remote port for
@@ -607,6 +609,24 @@ mod tests {
         });
         agg.on_event(&Event::Close(events[0].clone()), now, labels);
         assert_eq!(&*agg.snapshot().peers[0].peer, "http");
+    }
+
+    #[test]
+    fn byte_totals_saturate() {
+        // Found by fuzzing (fuzz/ agent_event_decode): two closes whose byte counts add up past
+        // u64::MAX overflowed the peer's totals.
+        let mut agg = TcpAggregator::new(naming());
+        let now = Instant::now();
+        let mut c = close(1, 0, Direction::Active, v4([8, 8, 8, 8], 443));
+        c.bytes_sent = u64::MAX - 1;
+        c.bytes_received = u64::MAX;
+        agg.on_event(&Event::Close(c.clone()), now, labels);
+        agg.on_event(&Event::Close(c), now, labels);
+        let p = &agg.snapshot().peers[0];
+        assert_eq!(
+            (p.bytes_tx, p.bytes_rx, p.duration.count),
+            (u64::MAX, u64::MAX, 2)
+        );
     }
 
     #[test]
