@@ -129,7 +129,11 @@ pub fn fuzz(args: Vec<String>) -> anyhow::Result<()> {
     // cargo fuzz has no --locked: check the fuzz crate's lock file first (and fetch with it).
     let mut fetch = util::cargo(&["fetch", "--locked", "--manifest-path", "fuzz/Cargo.toml"]);
     fetch.stdout(Stdio::null());
-    util::run(fetch)?;
+    util::run(fetch).context(
+        "fuzz/Cargo.lock does not match the fuzz crate's dependencies (those of the agent and \
+         the collector included): update it with `cargo metadata --manifest-path \
+         fuzz/Cargo.toml --format-version 1 >/dev/null` and commit it",
+    )?;
     util::run(cargo_fuzz("build")?)?;
     let built = started.elapsed().as_secs();
     println!("fuzz: built every target in {built}s");
@@ -142,7 +146,7 @@ pub fn fuzz(args: Vec<String>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&logs).with_context(|| logs.display().to_string())?;
     let mut outcomes = Vec::new();
     let mut queue = o.targets.iter().copied();
-    let mut running: Vec<(&'static str, std::process::Child, PathBuf)> = Vec::new();
+    let mut running: Vec<(&'static str, std::process::Child, PathBuf, Instant)> = Vec::new();
     loop {
         while running.len() < o.jobs
             && let Some(target) = queue.next()
@@ -154,7 +158,7 @@ pub fn fuzz(args: Vec<String>) -> anyhow::Result<()> {
                 o.seconds,
                 log.display()
             );
-            running.push((target, child, log));
+            running.push((target, child, log, Instant::now()));
         }
         if running.is_empty() {
             break;
@@ -166,9 +170,13 @@ pub fn fuzz(args: Vec<String>) -> anyhow::Result<()> {
                 i += 1;
                 continue;
             };
-            let (target, _, log) = running.swap_remove(i);
+            let (target, _, log, since) = running.swap_remove(i);
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let outcome = outcome(target, status.success(), &text);
+            let mut outcome = outcome(target, status.success(), &text);
+            if outcome.seconds == 0 {
+                // A run that failed prints no `Done ... in N second(s)`.
+                outcome.seconds = since.elapsed().as_secs();
+            }
             println!("fuzz: {}", summary(&outcome));
             if let Some(f) = &outcome.failure {
                 // The end of the log: the panic or sanitizer report, and how to reproduce.
@@ -349,7 +357,7 @@ fn summary(o: &Outcome) -> String {
     )
 }
 
-/// The results as the Markdown table of docs/fuzzing.md.
+/// The results as the Markdown table of docs/fuzzing.md, failures listed below it.
 fn table(outcomes: &[Outcome]) -> String {
     let mut t = String::from(
         "| target | time | executions | exec/s | corpus (new) | cov | ft | peak RSS | result |\n\
@@ -367,9 +375,19 @@ fn table(outcomes: &[Outcome]) -> String {
             o.cov,
             o.ft,
             o.peak_rss_mb,
-            o.failure.as_deref().unwrap_or("no crash")
+            if o.failure.is_some() {
+                "**failed** (below)"
+            } else {
+                "no crash"
+            }
         ));
     }
+    for o in outcomes {
+        if let Some(f) = &o.failure {
+            t.push_str(&format!("\n- `{}`: {f}", o.target));
+        }
+    }
+    t.push('\n');
     t
 }
 
