@@ -87,9 +87,12 @@ pub struct SockState {
     pub state: u8,
     /// Bytes stashed for the current request.
     pub req_len: u16,
-    /// `METHODS` index of the current request (server side), 0 if none.
+    /// `METHODS` index of the current request, 0 if none or not known yet (a request whose
+    /// first read was shorter than a method).
     pub method: u8,
-    pub _pad: [u8; 3],
+    /// 1 once a request was seen on the connection (it is counted once in `RequestCounts`).
+    pub seen: u8,
+    pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<SockState>() == 24);
 
@@ -119,15 +122,34 @@ pub const METHODS: [&str; 10] = [
     "", "GET", "POST", "PUT", "HEAD", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
 ];
 
-/// Key of `HTTP_ACTIVE`: requests a process is serving now, by method.
+/// Key of `HTTP_REQUESTS`: one process's requests, by method and side.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ActiveKey {
+pub struct RequestKey {
     pub tgid: u32,
-    /// `METHODS` index.
-    pub method: u32,
+    /// `METHODS` index; 0 when the request's first read was too short to name it.
+    pub method: u8,
+    /// `ROLE_SERVER` or `ROLE_CLIENT`.
+    pub role: u8,
+    pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<ActiveKey>() == 8);
+const _: () = assert!(core::mem::size_of::<RequestKey>() == 8);
+
+/// Value of `HTTP_REQUESTS`, counted in the kernel whether or not a record reaches userspace:
+/// the denominator of the agent's coverage figure.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    /// Requests being served now (server side, method known): +1 when a request starts, -1
+    /// when its response starts or its connection closes first. Two's complement, so a
+    /// response to a request older than the probe reads as -1.
+    pub active: u64,
+    /// Requests whose first bytes were seen.
+    pub requests: u64,
+    /// Connections on which a request was seen (counted at their first).
+    pub connections: u64,
+}
+const _: () = assert!(core::mem::size_of::<RequestCounts>() == 24);
 
 pub const OP_IN: u32 = 1;
 pub const OP_OUT: u32 = 2;
@@ -169,7 +191,8 @@ mod user {
     // SAFETY: plain-old-data, repr(C), no padding bytes (sizes asserted above).
     unsafe impl aya::Pod for super::HttpConfig {}
     unsafe impl aya::Pod for super::FdKey {}
-    unsafe impl aya::Pod for super::ActiveKey {}
+    unsafe impl aya::Pod for super::RequestKey {}
+    unsafe impl aya::Pod for super::RequestCounts {}
     unsafe impl aya::Pod for super::SockState {}
     unsafe impl aya::Pod for super::PendingIo {}
 }

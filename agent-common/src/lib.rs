@@ -39,8 +39,11 @@ pub mod counters {
     /// A request's stash was evicted (more requests in flight than the stash map holds): its
     /// remaining bytes are not captured.
     pub const HTTP_STASH_EVICTED: u32 = 11;
+    /// A process's request counts could not be created: `HTTP_REQUESTS` is full (its requests
+    /// are missing from the coverage figure and the in-flight gauge).
+    pub const HTTP_REQUESTS_FULL: u32 = 12;
     /// Number of counters; the map has exactly this many slots.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
 
     /// `(index, probe, kind)` for exposition; one row per counter above.
     pub const ALL: [(u32, &str, &str); COUNT as usize] = [
@@ -56,6 +59,7 @@ pub mod counters {
         (HTTP_EVENTS_DROPPED, "http", "ringbuf_full"),
         (HTTP_READ_FAILED, "http", "read_failed"),
         (HTTP_STASH_EVICTED, "http", "stash_evicted"),
+        (HTTP_REQUESTS_FULL, "http", "requests_map_full"),
     ];
 }
 

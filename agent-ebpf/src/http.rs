@@ -18,9 +18,9 @@ use aya_ebpf::{
 use tenantscope_agent_common::{
     counters,
     http::{
-        ActiveKey, EXCHANGE_KIND, FdKey, HEADER_BYTES, HttpConfig, HttpEvent, OP_ACCEPT,
-        OP_CONNECT, OP_IN, OP_OUT, PendingIo, REQ_WINDOW, RESP_WINDOW, ROLE_CLIENT, ROLE_SERVER,
-        STATE_IDLE, STATE_REQUEST, STATE_RESPONSE, STATE_UPGRADED, SockState, Stash,
+        EXCHANGE_KIND, FdKey, HEADER_BYTES, HttpConfig, HttpEvent, OP_ACCEPT, OP_CONNECT, OP_IN,
+        OP_OUT, PendingIo, REQ_WINDOW, RESP_WINDOW, ROLE_CLIENT, ROLE_SERVER, RequestCounts,
+        RequestKey, STATE_IDLE, STATE_REQUEST, STATE_RESPONSE, STATE_UPGRADED, SockState, Stash,
         UPGRADED_CLOSE_KIND,
     },
 };
@@ -58,10 +58,11 @@ static HTTP_SOCKS: LruHashMap<FdKey, SockState> = LruHashMap::with_max_entries(6
 #[map]
 static HTTP_STASH: LruHashMap<FdKey, Stash> = LruHashMap::with_max_entries(4096, 0);
 
-/// Requests being served now per (tgid, method): +1 when a request starts, -1 when its response
-/// starts or its connection closes first. Not preallocated.
+/// Requests in flight and requests and connections seen, per (tgid, method, side): counted here
+/// so that what never reaches userspace (ring full, stash evicted) still shows in the coverage
+/// figure. Not preallocated.
 #[map]
-static HTTP_ACTIVE: HashMap<ActiveKey, u64> = HashMap::with_max_entries(16384, 1);
+static HTTP_REQUESTS: HashMap<RequestKey, RequestCounts> = HashMap::with_max_entries(16384, 1);
 
 /// Syscall arguments from entry to exit, by thread id.
 #[map]
@@ -240,7 +241,8 @@ fn track(tgid: u32, fd: u32, role: u8) {
         state: STATE_IDLE,
         req_len: 0,
         method: 0,
-        _pad: [0; 3],
+        seen: 0,
+        _pad: [0; 2],
     };
     let _ = HTTP_SOCKS.insert(FdKey { tgid, fd }, state, 0);
 }
@@ -255,8 +257,8 @@ fn on_close(fd: u32) {
     let s = unsafe { *s };
     let _ = HTTP_SOCKS.remove(key);
     let _ = HTTP_STASH.remove(key);
-    if s.state == STATE_REQUEST && s.role == ROLE_SERVER {
-        active(tgid, s.method, u64::MAX);
+    if s.state == STATE_REQUEST && s.role == ROLE_SERVER && s.method != 0 {
+        request_done(tgid, s.method);
     }
     if s.state == STATE_UPGRADED {
         let Some(ev) = HTTP_RECORD.get_ptr_mut(0) else {
@@ -314,25 +316,61 @@ fn method_of(p: &[u8; 8]) -> u8 {
     }
 }
 
-/// Adds `delta` (two's complement: `u64::MAX` is -1) to the requests in flight.
+/// This process's counts for `(method, role)`, created on first use.
 #[inline(always)]
-fn active(tgid: u32, method: u8, delta: u64) {
-    let key = ActiveKey {
+fn request_counts(tgid: u32, method: u8, role: u8) -> Option<*mut RequestCounts> {
+    let key = RequestKey {
         tgid,
-        method: u32::from(method),
+        method,
+        role,
+        _pad: [0; 2],
     };
-    let p = match HTTP_ACTIVE.get_ptr_mut(key) {
-        Some(p) => p,
-        None => {
-            let _ = HTTP_ACTIVE.insert(key, 0, u64::from(aya_ebpf::bindings::BPF_NOEXIST));
-            match HTTP_ACTIVE.get_ptr_mut(key) {
-                Some(p) => p,
-                None => return,
-            }
-        }
+    if let Some(p) = HTTP_REQUESTS.get_ptr_mut(key) {
+        return Some(p);
+    }
+    let zero = RequestCounts::default();
+    let _ = HTTP_REQUESTS.insert(key, zero, u64::from(aya_ebpf::bindings::BPF_NOEXIST));
+    let p = HTTP_REQUESTS.get_ptr_mut(key);
+    if p.is_none() {
+        count(counters::HTTP_REQUESTS_FULL);
+    }
+    p
+}
+
+/// A request began: counted, and in flight if served here with a known method.
+#[inline(always)]
+fn request_started(tgid: u32, method: u8, role: u8, first_on_connection: bool) {
+    let Some(p) = request_counts(tgid, method, role) else {
+        return;
     };
     // SAFETY: live, aligned map value; several threads of a process serve at once.
-    unsafe { atomic_add(p, delta) };
+    unsafe {
+        if role == ROLE_SERVER && method != 0 {
+            atomic_add(&raw mut (*p).active, 1);
+        }
+        atomic_add(&raw mut (*p).requests, 1);
+        if first_on_connection {
+            atomic_add(&raw mut (*p).connections, 1);
+        }
+    }
+}
+
+/// A served request's response began (or its connection closed first).
+#[inline(always)]
+fn request_done(tgid: u32, method: u8) {
+    if let Some(p) = request_counts(tgid, method, ROLE_SERVER) {
+        // SAFETY: as above; two's complement -1.
+        unsafe { atomic_add(&raw mut (*p).active, u64::MAX) };
+    }
+}
+
+/// Whether the first byte at `buf` is the first letter of a `METHODS` entry.
+#[inline(always)]
+fn starts_method(buf: u64) -> bool {
+    matches!(
+        read_user::<u8>(buf),
+        Some(b'G' | b'P' | b'H' | b'D' | b'O' | b'C' | b'T')
+    )
 }
 
 #[inline(always)]
@@ -359,15 +397,19 @@ fn on_data(tgid: u32, tid: u32, fd: u32, inbound: bool, buf: u64, n: u64) {
     if request_side {
         if state != STATE_REQUEST {
             let method = if n < 8 { 0 } else { method_of(&prefix) };
-            if method == 0 {
+            // A request line may arrive a few bytes at a time (a slow or hostile client, a
+            // client writing the method on its own): a short read that begins like a method
+            // starts a request too, its method named by userspace from the stash.
+            if method == 0 && !(n < 8 && n > 0 && starts_method(buf)) {
                 return; // body bytes of a request whose head we already have
             }
-            if role == ROLE_SERVER {
-                active(tgid, method, 1);
-            }
+            // SAFETY: as above.
+            let first = unsafe { (*s).seen } == 0;
+            request_started(tgid, method, role, first);
             // SAFETY: as above.
             unsafe {
                 (*s).method = method;
+                (*s).seen = 1;
                 (*s).state = STATE_REQUEST;
                 (*s).req_ts_ns = bpf_ktime_get_ns();
                 (*s).req_len = 0;
@@ -408,8 +450,8 @@ fn on_data(tgid: u32, tid: u32, fd: u32, inbound: bool, buf: u64, n: u64) {
     // SAFETY: as above.
     let (conn_id, req_ts, req_len, method) =
         unsafe { ((*s).conn_id, (*s).req_ts_ns, (*s).req_len, (*s).method) };
-    if state == STATE_REQUEST && role == ROLE_SERVER {
-        active(tgid, method, u64::MAX);
+    if state == STATE_REQUEST && role == ROLE_SERVER && method != 0 {
+        request_done(tgid, method);
     }
     // A response without a stashed request (pipelining) still goes up, with no request bytes.
     let req_len = if state == STATE_REQUEST { req_len } else { 0 };

@@ -85,7 +85,11 @@ pub struct Agent {
     tcp_buf: Vec<(TcpStatsKey, TcpStats)>,
     http_events: Option<AsyncFd<RingBuf<MapData>>>,
     http_probe: Option<http::HttpProbe>,
-    http_active: Vec<(tenantscope_agent_common::http::ActiveKey, u64)>,
+    http_requests: Vec<(
+        tenantscope_agent_common::http::RequestKey,
+        tenantscope_agent_common::http::RequestCounts,
+    )>,
+    kernel_requests: crate::aggregate::http::KernelRequests,
     http: Option<crate::aggregate::http::HttpPipeline>,
     /// Where finished SLI intervals go (`None`: no SLI export, or no HTTP pipeline).
     sli: Option<crate::sli_export::SliSender>,
@@ -261,7 +265,8 @@ impl Agent {
             tcp_buf: Vec::new(),
             http_events,
             http_probe,
-            http_active: Vec::new(),
+            http_requests: Vec::new(),
+            kernel_requests: Default::default(),
             http,
             sli,
             table: ProcessTable::new(cfg.workloads.max, cfg.workloads.idle_ttl).with_pods(
@@ -628,7 +633,7 @@ impl Agent {
         let t0 = Instant::now();
         self.fold_syscalls(t0);
         self.fold_tcp(t0);
-        self.read_http_active(t0);
+        self.read_http_requests(t0);
         // Entries of exited processes were folded one last time above: delete them.
         let exited: HashSet<u32> = self.table.exited().into_iter().collect();
         if let Some(probe) = self.syscalls.as_mut() {
@@ -654,13 +659,14 @@ impl Agent {
         }
         if let Some(probe) = self.http_probe.as_mut() {
             for (key, _) in self
-                .http_active
+                .http_requests
                 .iter()
                 .filter(|(k, _)| exited.contains(&k.tgid))
             {
                 if let Err(e) = probe.remove(key) {
-                    map_error(&self.telemetry, "HTTP_ACTIVE", &e);
+                    map_error(&self.telemetry, "HTTP_REQUESTS", &e);
                 }
+                self.kernel_requests.forget(key);
             }
         }
         for tgid in exited {
@@ -710,21 +716,24 @@ impl Agent {
             .set(self.agg.tracked_keys() as i64);
     }
 
-    fn read_http_active(&mut self, now: Instant) {
+    fn read_http_requests(&mut self, now: Instant) {
         let Some(probe) = self.http_probe.as_ref() else {
             return;
         };
-        let errors = probe.read_active(&mut self.http_active);
+        let errors = probe.read_requests(&mut self.http_requests);
         if errors > 0 {
             self.telemetry
                 .map_read_errors
-                .get_or_create(&MapLabels { map: "HTTP_ACTIVE" })
+                .get_or_create(&MapLabels {
+                    map: "HTTP_REQUESTS",
+                })
                 .inc_by(errors);
         }
         let (table, proc_root, t) = (&mut self.table, &self.proc_root, &self.telemetry);
-        crate::aggregate::http::publish_active(&t.http.active, &self.http_active, |tgid| {
-            resolve(table, proc_root, t, tgid, now)
-        });
+        self.kernel_requests
+            .fold(&t.http, &self.http_requests, |tgid| {
+                resolve(table, proc_root, t, tgid, now)
+            });
     }
 
     fn fold_tcp(&mut self, now: Instant) {

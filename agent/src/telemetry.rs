@@ -500,10 +500,25 @@ fn encode_label_stats(
 
 impl Default for Telemetry {
     fn default() -> Self {
+        // Loss counters exist at 0 from the start, so that rate() and alerts see them.
+        let decode_errors = Family::<ProbeLabels, Counter>::default();
+        for probe in ["process", "tcp", "http"] {
+            let _ = decode_errors.get_or_create(&ProbeLabels { probe });
+        }
+        let map_read_errors = Family::<MapLabels, Counter>::default();
+        for map in [
+            "SYSCALL_STATS",
+            "TCP_STATS",
+            "TCP_LISTENERS",
+            "HTTP_REQUESTS",
+            "KERNEL_COUNTERS",
+        ] {
+            let _ = map_read_errors.get_or_create(&MapLabels { map });
+        }
         Self {
             events: Family::default(),
-            decode_errors: Family::default(),
-            map_read_errors: Family::default(),
+            decode_errors,
+            map_read_errors,
             map_entries: Family::default(),
             workloads: Gauge::default(),
             processes: Gauge::default(),
@@ -654,6 +669,16 @@ impl Telemetry {
             h.own_exports.clone(),
         );
         r.register(
+            "tenantscope_agent_http_requests_seen",
+            "HTTP requests whose first bytes the kernel saw, by workload and side, counted in the kernel whether or not their record reached the agent: the requests counted in http_*_request_duration_seconds divided by these are the agent's coverage",
+            h.requests_seen.clone(),
+        );
+        r.register(
+            "tenantscope_agent_http_connections_seen",
+            "Connections on which the kernel saw an HTTP request, by workload and side",
+            h.connections_seen.clone(),
+        );
+        r.register(
             "tenantscope_agent_http_unpaired_requests",
             "Captured HTTP messages that could not be paired into a request and response, by reason",
             h.unpaired.clone(),
@@ -762,7 +787,7 @@ mod tests {
                 sum_seconds: 0.01,
                 buckets,
             }],
-            kernel_counters: [7, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            kernel_counters: [7, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             tcp: TcpSnapshot::default(),
             probes: vec![("syscalls", "attached"), ("process", "failed")],
             workloads: vec![WorkloadInfo {

@@ -212,12 +212,14 @@ source = "namespace"
         Some(1.0),
         "{log}"
     );
+    // Seen by the server and by the client (this test process, whose request line starts
+    // with a 4-byte write of the method).
     assert_eq!(
         m.get(
             "tenantscope_agent_tenant_invalid_total",
             &[("source", "header")]
         ),
-        Some(1.0)
+        Some(2.0)
     );
     assert_eq!(m.get("tenantscope_agent_kubernetes_synced", &[]), Some(1.0));
     assert_eq!(m.get("tenantscope_agent_kubernetes_pods", &[]), Some(1.0));

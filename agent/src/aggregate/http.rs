@@ -44,6 +44,7 @@ use crate::{
     },
     workload::{Origin, PodMeta},
 };
+use tenantscope_agent_common::http::{RequestCounts, RequestKey};
 
 /// OpenTelemetry's default bucket boundaries for HTTP durations (seconds).
 pub const DURATION_BUCKETS: [f64; 14] = [
@@ -90,6 +91,13 @@ pub struct RedLabels {
     pub tenant: Label,
     pub url_scheme: &'static str,
     pub workload: Label,
+}
+
+/// Labels of the kernel's requests and connections seen, per workload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SeenLabels {
+    pub side: &'static str,
+    pub workload: String,
 }
 
 /// Labels of `http_server_active_requests` (semconv `http.server.active_requests`).
@@ -142,6 +150,9 @@ pub struct HttpMetrics {
     pub ws_active: Family<WsLabels, Gauge>,
     /// Requests being served now, from the kernel's per-process counts.
     pub active: Family<ActiveLabels, Gauge>,
+    /// Requests and connections the kernel saw, whether or not their records arrived.
+    pub requests_seen: Family<SeenLabels, Counter>,
+    pub connections_seen: Family<SeenLabels, Counter>,
     pub ws_duration: Family<WsLabels, Histogram, fn() -> Histogram>,
     /// Requests not counted because `max_series` label sets exist already.
     pub series_overflow: Counter,
@@ -158,15 +169,25 @@ pub struct ReasonLabels {
 
 impl Default for HttpMetrics {
     fn default() -> Self {
+        // Every reason exported from the start, at 0: a loss counter that appears only once
+        // something is lost cannot be alerted on with rate() or increase().
+        let unpaired = Family::<ReasonLabels, Counter>::default();
+        for reason in UnpairedReason::ALL {
+            let _ = unpaired.get_or_create(&ReasonLabels {
+                reason: reason_label(reason),
+            });
+        }
         Self {
             server: Family::new_with_constructor(duration_hist as Ctor),
             client: Family::new_with_constructor(duration_hist as Ctor),
             ws_active: Family::default(),
             active: Family::default(),
+            requests_seen: Family::default(),
+            connections_seen: Family::default(),
             ws_duration: Family::new_with_constructor(ws_hist as fn() -> Histogram),
             series_overflow: Counter::default(),
             own_exports: Counter::default(),
-            unpaired: Family::default(),
+            unpaired,
         }
     }
 }
@@ -965,62 +986,155 @@ mod tests {
     }
 }
 
-/// Sums the kernel's in-flight counts per (workload, method) and replaces the gauge family's
-/// contents with them (workloads without requests in flight disappear). Negative sums (responses
-/// to requests older than the agent) count as 0.
-pub fn publish_active(
-    family: &Family<ActiveLabels, Gauge>,
-    entries: &[(tenantscope_agent_common::http::ActiveKey, u64)],
-    mut label_of: impl FnMut(u32) -> Arc<str>,
-) {
-    use tenantscope_agent_common::http::METHODS;
-    let mut sums: std::collections::HashMap<ActiveLabels, i64> = std::collections::HashMap::new();
-    for (k, v) in entries {
-        let method = METHODS.get(k.method as usize).copied().unwrap_or("");
-        let labels = ActiveLabels {
-            http_request_method: if method.is_empty() { "_OTHER" } else { method },
-            url_scheme: "http",
-            workload: label_of(k.tgid).to_string(),
-        };
-        // Two's complement in the kernel: a response to a request older than the agent is -1.
-        *sums.entry(labels).or_default() += *v as i64;
+/// Folds the kernel's per-process request counts (`HTTP_REQUESTS`) into the in-flight gauge
+/// and the per-workload counters of requests and connections seen (the coverage figure's
+/// denominator).
+#[derive(Default)]
+pub struct KernelRequests {
+    /// Last values read, per kernel key, to turn them into increments.
+    last: FastMap<RequestKey, RequestCounts>,
+}
+
+impl KernelRequests {
+    /// Replaces the in-flight gauge's contents with the sums per (workload, method) (workloads
+    /// with nothing in flight disappear; negative sums, responses to requests older than the
+    /// agent, count as 0) and adds what each key gained since the last read to the counters.
+    pub fn fold(
+        &mut self,
+        m: &HttpMetrics,
+        entries: &[(RequestKey, RequestCounts)],
+        mut label_of: impl FnMut(u32) -> Arc<str>,
+    ) {
+        use tenantscope_agent_common::http::{METHODS, ROLE_SERVER};
+        let mut active: FastMap<ActiveLabels, i64> = FastMap::default();
+        for (k, v) in entries {
+            let workload = label_of(k.tgid);
+            let server = k.role == ROLE_SERVER;
+            if server && k.method != 0 {
+                let method = METHODS.get(usize::from(k.method)).copied().unwrap_or("");
+                let labels = ActiveLabels {
+                    http_request_method: if method.is_empty() { "_OTHER" } else { method },
+                    url_scheme: "http",
+                    workload: workload.to_string(),
+                };
+                // Two's complement in the kernel.
+                *active.entry(labels).or_default() += v.active as i64;
+            }
+            let prev = self.last.insert(*k, *v).unwrap_or_default();
+            // Counts only grow while a key lives: a smaller one is a key deleted and recreated.
+            let gained = |now: u64, before: u64| now.checked_sub(before).unwrap_or(now);
+            let (requests, connections) = (
+                gained(v.requests, prev.requests),
+                gained(v.connections, prev.connections),
+            );
+            if requests + connections == 0 {
+                continue;
+            }
+            let labels = SeenLabels {
+                side: if server { "server" } else { "client" },
+                workload: workload.to_string(),
+            };
+            m.requests_seen.get_or_create(&labels).inc_by(requests);
+            m.connections_seen
+                .get_or_create(&labels)
+                .inc_by(connections);
+        }
+        m.active.clear();
+        for (labels, v) in active {
+            m.active.get_or_create(&labels).set(v.max(0));
+        }
     }
-    family.clear();
-    for (labels, v) in sums {
-        family.get_or_create(&labels).set(v.max(0));
+
+    /// Forgets a kernel key that was deleted (its counts were folded already).
+    pub fn forget(&mut self, key: &RequestKey) {
+        self.last.remove(key);
     }
 }
 
 #[cfg(test)]
-mod active_tests {
-    use tenantscope_agent_common::http::ActiveKey;
+mod kernel_requests_tests {
+    use tenantscope_agent_common::http::{ROLE_CLIENT, ROLE_SERVER};
 
     use super::*;
 
+    fn key(tgid: u32, method: u8, role: u8) -> RequestKey {
+        RequestKey {
+            tgid,
+            method,
+            role,
+            _pad: [0; 2],
+        }
+    }
+
+    fn counts(active: i64, requests: u64, connections: u64) -> RequestCounts {
+        RequestCounts {
+            active: active as u64,
+            requests,
+            connections,
+        }
+    }
+
+    fn seen(m: &HttpMetrics, side: &'static str, workload: &str) -> (u64, u64) {
+        let l = SeenLabels {
+            side,
+            workload: workload.into(),
+        };
+        (
+            m.requests_seen.get_or_create(&l).get(),
+            m.connections_seen.get_or_create(&l).get(),
+        )
+    }
+
     #[test]
-    fn active_requests_sum_per_workload_and_clamp() {
-        let f: Family<ActiveLabels, Gauge> = Family::default();
-        let k = |tgid, method| ActiveKey { tgid, method };
+    fn in_flight_sums_per_workload_and_seen_counts_grow_by_increments() {
+        let m = HttpMetrics::default();
+        let mut k = KernelRequests::default();
         let label = |t: u32| Arc::from(if t < 10 { "api" } else { "db" });
-        publish_active(
-            &f,
-            &[(k(1, 1), 2), (k(2, 1), 3), (k(11, 2), u64::MAX)],
+        k.fold(
+            &m,
+            &[
+                (key(1, 1, ROLE_SERVER), counts(2, 10, 3)),
+                (key(2, 1, ROLE_SERVER), counts(3, 5, 5)),
+                // A slow request's method is not known in the kernel: seen, not in flight.
+                (key(2, 0, ROLE_SERVER), counts(0, 1, 1)),
+                (key(11, 2, ROLE_SERVER), counts(-1, 4, 1)),
+                (key(11, 1, ROLE_CLIENT), counts(0, 7, 2)),
+            ],
             label,
         );
-        let get = |w: &str, m: &'static str| {
-            f.get_or_create(&ActiveLabels {
-                http_request_method: m,
-                url_scheme: "http",
-                workload: w.into(),
-            })
-            .get()
+        let active = |w: &str, method: &'static str| {
+            m.active
+                .get_or_create(&ActiveLabels {
+                    http_request_method: method,
+                    url_scheme: "http",
+                    workload: w.into(),
+                })
+                .get()
         };
-        assert_eq!(get("api", "GET"), 5);
-        assert_eq!(get("db", "POST"), 0, "negative clamps to 0");
-        publish_active(&f, &[], label);
+        assert_eq!(active("api", "GET"), 5);
+        assert_eq!(active("db", "POST"), 0, "negative clamps to 0");
+        assert_eq!(seen(&m, "server", "api"), (16, 9));
+        assert_eq!(seen(&m, "server", "db"), (4, 1));
+        assert_eq!(seen(&m, "client", "db"), (7, 2));
+
+        // Increments only; a key recreated after deletion starts again from its new value.
+        k.forget(&key(2, 1, ROLE_SERVER));
+        k.fold(
+            &m,
+            &[
+                (key(1, 1, ROLE_SERVER), counts(0, 12, 3)),
+                (key(2, 1, ROLE_SERVER), counts(0, 2, 1)),
+                (key(11, 2, ROLE_SERVER), counts(0, 1, 0)),
+            ],
+            label,
+        );
+        assert_eq!(seen(&m, "server", "api"), (20, 10));
+        assert_eq!(seen(&m, "server", "db"), (5, 1), "smaller: recreated key");
+
         let mut text = String::new();
         let mut r = prometheus_client::registry::Registry::default();
-        r.register("x", "x", f.clone());
+        r.register("x", "x", m.active.clone());
+        k.fold(&m, &[], label);
         prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
         assert!(!text.contains("workload=\"api\""), "cleared: {text}");
     }

@@ -93,6 +93,18 @@ pub enum UnpairedReason {
     QueueOverflow,
 }
 
+impl UnpairedReason {
+    pub const ALL: [UnpairedReason; 7] = [
+        UnpairedReason::NoRequest,
+        UnpairedReason::BadRequest,
+        UnpairedReason::BadResponse,
+        UnpairedReason::Superseded,
+        UnpairedReason::Closed,
+        UnpairedReason::Evicted,
+        UnpairedReason::QueueOverflow,
+    ];
+}
+
 /// Counters since creation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PairingStats {
@@ -720,11 +732,9 @@ mod tests {
     fn unreadable_request_supersedes_waiting_ones() {
         let mut p = pairer();
         record(&mut p, 1, &[GET_A, GET_B].concat(), OK, 0, 10);
-        let mut many = b"GET /x HTTP/1.1\r\n".to_vec();
-        for i in 0..70 {
-            many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
-        }
-        let out = record(&mut p, 1, &many, OK, 20, 30);
+        // A request line longer than the capture window.
+        let long = [b"GET /".as_slice(), &[b'x'; 1100]].concat();
+        let out = record(&mut p, 1, &long[..1024], OK, 20, 30);
         assert_eq!(
             reasons(&out),
             [UnpairedReason::Superseded, UnpairedReason::BadRequest]

@@ -24,6 +24,8 @@ pub const MAX_PATH_LEN: usize = 512;
 const SCRATCH_LEN: usize = 4096;
 /// Interim (1xx) responses skipped when the same response buffer holds the final one.
 const MAX_INTERIM: usize = 4;
+/// The tenant header's value when the one sent was not printable ASCII or too long.
+pub const UNREADABLE_VALUE: &str = "<unreadable>";
 /// Headers that never leave the parser, whatever the selection says.
 const DENIED: [&str; 4] = [
     "authorization",
@@ -273,8 +275,10 @@ fn parse_request_head(buf: &[u8], sel: &HeaderSelection) -> Result<Parsed, Parse
         return Err(ParseError::Empty);
     }
     // Fast path: the head as captured, no copy.
-    if let Attempt::Done(r) = try_request(buf, buf, sel, true) {
-        return r;
+    match try_request(buf, buf, sel, true) {
+        Attempt::Done(Err(ParseError::TooManyHeaders)) => return first_headers_only(buf, sel),
+        Attempt::Done(r) => return r,
+        Attempt::Partial(_) | Attempt::Repairable => {}
     }
     // Slow path: a sanitized copy, cut after its last complete line if needed.
     let mut scratch = [0u8; SCRATCH_LEN];
@@ -287,6 +291,7 @@ fn parse_request_head(buf: &[u8], sel: &HeaderSelection) -> Result<Parsed, Parse
         }
     };
     let plausible = match try_request(&scratch[..n], buf, sel, true) {
+        Attempt::Done(Err(ParseError::TooManyHeaders)) => return first_headers_only(buf, sel),
         Attempt::Done(r) => return r,
         Attempt::Repairable => return Err(request_error_fallback(&scratch[..n])),
         Attempt::Partial(plausible) => plausible,
@@ -295,9 +300,29 @@ fn parse_request_head(buf: &[u8], sel: &HeaderSelection) -> Result<Parsed, Parse
         return Err(cut_error(plausible));
     };
     match try_request(&scratch[..cut], buf, sel, false) {
+        Attempt::Done(Err(ParseError::TooManyHeaders)) => first_headers_only(buf, sel),
         Attempt::Done(r) => r,
         Attempt::Partial(plausible) => Err(cut_error(plausible)),
         Attempt::Repairable => Err(request_error_fallback(&scratch[..cut])),
+    }
+}
+
+/// A head with more than `MAX_HEADERS` headers (a hostile or broken client) still counts: its
+/// request line and first `MAX_HEADERS` headers, as a cut head (`complete: false`).
+fn first_headers_only(buf: &[u8], sel: &HeaderSelection) -> Result<Parsed, ParseError> {
+    let mut scratch = [0u8; SCRATCH_LEN];
+    let n = sanitize(buf, &mut scratch, true);
+    let mut end = first_line_end(&scratch[..n]).ok_or(ParseError::TooManyHeaders)?;
+    for _ in 0..MAX_HEADERS {
+        match scratch[end..n].iter().position(|&b| b == b'\n') {
+            Some(i) => end += i + 1,
+            None => break,
+        }
+    }
+    let cut = close_after_last_line(&mut scratch, end).ok_or(ParseError::TooManyHeaders)?;
+    match try_request(&scratch[..cut], buf, sel, false) {
+        Attempt::Done(r) => r,
+        Attempt::Partial(_) | Attempt::Repairable => Err(ParseError::TooManyHeaders),
     }
 }
 
@@ -739,7 +764,13 @@ fn extract_request(
         if !tenant_seen && name.eq_ignore_ascii_case(&sel.tenant_header) && !is_denied(name) {
             // The first occurrence decides, as most server frameworks read it.
             tenant_seen = true;
-            head.tenant_header = clean_value(h.value).map(str::to_owned);
+            head.tenant_header = match clean_value(h.value) {
+                Some(v) => Some(v.to_owned()),
+                // Present but unprintable (invalid UTF-8, control bytes) or too long: a value
+                // no tenant rule admits, so that the chain counts it invalid, not absent.
+                None if !h.value.is_empty() => Some(UNREADABLE_VALUE.to_owned()),
+                None => None,
+            };
         }
         if !sel.extra.is_empty()
             && sel.extra.iter().any(|e| name.eq_ignore_ascii_case(e))
@@ -1454,7 +1485,7 @@ Date: Tue, 03 Jun 2025 10:00:00 GMT\r\n\
         );
         let big = format!("{ok}t");
         let h = head_with(&format!("X-Tenant-ID: {big}\r\nX-Request-ID: r\r\n"));
-        assert_eq!(h.tenant_header, None);
+        assert_eq!(h.tenant_header.as_deref(), Some(UNREADABLE_VALUE));
         assert_eq!(h.extra, [("x-request-id".to_owned(), "r".to_owned())]);
 
         // An empty value is no value.
@@ -1474,8 +1505,10 @@ Date: Tue, 03 Jun 2025 10:00:00 GMT\r\n\
             Some("a")
         );
         assert_eq!(
-            head_with("X-Tenant-ID: a\tb\r\nX-Tenant-ID: c\r\n").tenant_header,
-            None
+            head_with("X-Tenant-ID: a\tb\r\nX-Tenant-ID: c\r\n")
+                .tenant_header
+                .as_deref(),
+            Some(UNREADABLE_VALUE)
         );
         // Repeated list headers are joined; several traceparents are invalid.
         let h =
@@ -1489,7 +1522,10 @@ Date: Tue, 03 Jun 2025 10:00:00 GMT\r\n\
     #[test]
     fn invalid_utf8_in_values() {
         let h = one(b"GET / HTTP/1.1\r\nX-Tenant-ID: acm\xc3\xa9\r\nX-Request-ID: \xff\xfe\r\nHost: h\xffx\r\nbaggage: k=v\r\n\r\n");
-        assert_eq!((h.tenant_header, h.host), (None, None));
+        assert_eq!(
+            (h.tenant_header.as_deref(), h.host),
+            (Some(UNREADABLE_VALUE), None)
+        );
         assert!(h.extra.is_empty());
         assert_eq!(h.baggage.as_deref(), Some("k=v"));
         assert!(h.complete);
@@ -1497,7 +1533,8 @@ Date: Tue, 03 Jun 2025 10:00:00 GMT\r\n\
 
     #[test]
     fn hostile_values() {
-        // NUL, a bare CR (response splitting attempt), DEL: that header only is absent.
+        // NUL, a bare CR (response splitting attempt), DEL: that header is dropped by the
+        // parser or kept as unreadable (so the tenant chain counts it invalid), never kept.
         for bad in [
             &b"X-Tenant-ID: ac\x00me\r\n"[..],
             b"X-Tenant-ID: acme\rSet-Cookie: x=1\r\n",
@@ -1511,7 +1548,12 @@ Date: Tue, 03 Jun 2025 10:00:00 GMT\r\n\
             ]
             .concat();
             let h = one(&req);
-            assert_eq!(h.tenant_header, None, "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                matches!(h.tenant_header.as_deref(), None | Some(UNREADABLE_VALUE)),
+                "{:?}: {:?}",
+                String::from_utf8_lossy(bad),
+                h.tenant_header
+            );
             assert_eq!(h.extra, [("x-request-id".to_owned(), "after".to_owned())]);
             assert_eq!(
                 (h.path.as_str(), h.host.as_deref(), h.complete),
@@ -1572,17 +1614,22 @@ Date: Tue, 03 Jun 2025 10:00:00 GMT\r\n\
             req.extend_from_slice(b"\r\n");
             req
         };
-        assert!(parse_requests(&with(MAX_HEADERS), &sel()).is_ok());
-        assert_eq!(
-            parse_requests(&with(MAX_HEADERS + 1), &sel()),
-            Err(ParseError::TooManyHeaders)
-        );
+        let first = |req: &[u8]| {
+            let heads = parse_requests(req, &sel()).expect("request line and first headers");
+            assert_eq!(heads.len(), 1);
+            heads.into_iter().next().unwrap()
+        };
+        assert!(first(&with(MAX_HEADERS)).complete);
+        // More: counted from the request line and the first MAX_HEADERS headers, as a cut head
+        // (so nothing pipelined after it is looked for).
+        let mut req = with(MAX_HEADERS + 1);
+        req.splice(16..16, b"X-Tenant-ID: acme\r\n".iter().copied());
+        let h = first(&req);
+        assert_eq!((h.path.as_str(), h.complete), ("/", false));
+        assert_eq!(h.tenant_header.as_deref(), Some("acme"));
         // Also when cut by the window after the 65th header.
         let req = with(MAX_HEADERS + 5);
-        assert_eq!(
-            parse_requests(&req[..req.len() - 12], &sel()),
-            Err(ParseError::TooManyHeaders)
-        );
+        assert!(!first(&req[..req.len() - 12]).complete);
 
         // A response keeps its status.
         let mut resp = with(MAX_HEADERS + 1);

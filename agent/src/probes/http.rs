@@ -7,8 +7,8 @@ use aya::{
 };
 use syscalls::Sysno;
 use tenantscope_agent_common::http::{
-    ActiveKey, EXCHANGE_KIND, HEADER_BYTES, HttpConfig, REQ_WINDOW, RESP_WINDOW, ROLE_CLIENT,
-    ROLE_SERVER, UPGRADED_CLOSE_KIND,
+    EXCHANGE_KIND, HEADER_BYTES, HttpConfig, REQ_WINDOW, RESP_WINDOW, ROLE_CLIENT, ROLE_SERVER,
+    RequestCounts, RequestKey, UPGRADED_CLOSE_KIND,
 };
 
 use super::{ProbeError, btf::Btf, take_map};
@@ -76,9 +76,9 @@ pub fn resolve_config(req_capture: usize, resp_capture: usize) -> Result<HttpCon
     })
 }
 
-/// The attached probe's map of requests in flight.
+/// The attached probe's per-process request counts.
 pub struct HttpProbe {
-    active: HashMap<MapData, ActiveKey, u64>,
+    requests: HashMap<MapData, RequestKey, RequestCounts>,
 }
 
 /// The probe's programs are the shared `sys_enter`/`sys_exit` pair (see
@@ -90,22 +90,21 @@ pub fn attach(
 ) -> Result<(HttpProbe, RingBuf<MapData>), ProbeError> {
     shared.clone().map_err(ProbeError::SharedHooks)?;
     let probe = HttpProbe {
-        active: take_map(ebpf, "HTTP_ACTIVE")?,
+        requests: take_map(ebpf, "HTTP_REQUESTS")?,
     };
     Ok((probe, take_map(ebpf, "HTTP_EVENTS")?))
 }
 
 impl HttpProbe {
-    /// Requests in flight per (tgid, method index) into `out` (cleared first); returns how many
-    /// entries failed to read. Values are two's complement counts (a response to a request
-    /// older than the agent makes one negative): read them `as i64`.
-    pub fn read_active(&self, out: &mut Vec<(ActiveKey, u64)>) -> u64 {
-        super::read_all(&self.active, "HTTP_ACTIVE", out)
+    /// Request counts per (tgid, method index, side) into `out` (cleared first); returns how
+    /// many entries failed to read.
+    pub fn read_requests(&self, out: &mut Vec<(RequestKey, RequestCounts)>) -> u64 {
+        super::read_all(&self.requests, "HTTP_REQUESTS", out)
     }
 
     /// Deletes the entry of an exited process.
-    pub fn remove(&mut self, key: &ActiveKey) -> Result<(), ProbeError> {
-        super::remove_key(&mut self.active, "HTTP_ACTIVE", key)
+    pub fn remove(&mut self, key: &RequestKey) -> Result<(), ProbeError> {
+        super::remove_key(&mut self.requests, "HTTP_REQUESTS", key)
     }
 }
 
