@@ -9,7 +9,7 @@ pub mod tcp_load;
 pub use netns::{NetPair, TcpMib, has_nft, require_nft};
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     io::{Read as _, Write as _},
     net::{TcpListener, TcpStream},
     path::PathBuf,
@@ -321,6 +321,46 @@ pub fn http_get_headers(port: u16, path: &str, headers: &[(&str, &str)]) -> Opti
     let (head, body) = raw.split_once("\r\n\r\n")?;
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
     Some((status, body.to_owned()))
+}
+
+/// The ids of the BPF programs and maps a process holds open, from `/proc/<pid>/fdinfo`: exactly
+/// that process's objects, whatever else is loaded on the machine.
+pub fn bpf_objects_of(pid: u32) -> (BTreeSet<u32>, BTreeSet<u32>) {
+    let (mut progs, mut maps) = (BTreeSet::new(), BTreeSet::new());
+    let dir = format!("/proc/{pid}/fdinfo");
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let Ok(info) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        for line in info.lines() {
+            let id = |key: &str| line.strip_prefix(key)?.trim().parse::<u32>().ok();
+            if let Some(id) = id("prog_id:") {
+                progs.insert(id);
+            } else if let Some(id) = id("map_id:") {
+                maps.insert(id);
+            }
+        }
+    }
+    (progs, maps)
+}
+
+/// Which of `progs` and `maps` are still loaded in the kernel.
+pub fn bpf_still_loaded(
+    progs: &BTreeSet<u32>,
+    maps: &BTreeSet<u32>,
+) -> (BTreeSet<u32>, BTreeSet<u32>) {
+    let loaded_progs: BTreeSet<u32> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| p.id())
+        .collect();
+    let loaded_maps: BTreeSet<u32> = aya::maps::loaded_maps()
+        .filter_map(Result::ok)
+        .map(|m| m.id())
+        .collect();
+    (
+        progs.intersection(&loaded_progs).copied().collect(),
+        maps.intersection(&loaded_maps).copied().collect(),
+    )
 }
 
 /// One sample of the classic text format.
