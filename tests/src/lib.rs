@@ -73,6 +73,8 @@ pub struct Collector {
     pub api: u16,
     /// OTLP/gRPC port.
     pub grpc: u16,
+    /// OTLP/HTTP port.
+    pub http: u16,
     pub config: PathBuf,
     pub log: PathBuf,
 }
@@ -98,6 +100,7 @@ impl Collector {
             child,
             api,
             grpc,
+            http,
             config,
             log,
         };

@@ -5,7 +5,8 @@
 //! every other (the collector acknowledges an export it has seen before as a duplicate without
 //! storing it): unique trace and span ids, and data points whose time and counts depend on the
 //! request's index. Prints one JSON line with what was sent, acknowledged and rejected, and
-//! whether it kept up with the schedule.
+//! whether it kept up with the schedule; for metrics also how many HTTP requests the data points
+//! of sent and of acknowledged exports describe (what a store must hold after a crash).
 //!
 //! ```text
 //! ts-otlp-load --endpoint 127.0.0.1:4318 --signal traces|metrics --rate <items/s>
@@ -355,11 +356,16 @@ impl Generator {
     }
 
     /// Request `i` as HTTP bytes.
-    fn build(&mut self, i: u64) -> &[u8] {
-        match self.signal {
-            Signal::Traces => self.fill_traces(i),
+    /// Request `i` on the wire, and how many HTTP requests its data points describe (0 for
+    /// traces).
+    fn build(&mut self, i: u64) -> (&[u8], u64) {
+        let described = match self.signal {
+            Signal::Traces => {
+                self.fill_traces(i);
+                0
+            }
             Signal::Metrics => self.fill_metrics(i),
-        }
+        };
         let len = match self.signal {
             Signal::Traces => self.traces.encoded_len(),
             Signal::Metrics => self.metrics.encoded_len(),
@@ -372,7 +378,7 @@ impl Generator {
             Signal::Metrics => self.metrics.encode(&mut self.wire),
         };
         encoded.expect("a Vec grows as needed");
-        &self.wire
+        (&self.wire, described)
     }
 
     fn fill_traces(&mut self, i: u64) {
@@ -415,7 +421,7 @@ impl Generator {
         }
     }
 
-    fn fill_metrics(&mut self, i: u64) {
+    fn fill_metrics(&mut self, i: u64) -> u64 {
         // Distinct per request: the low digits of the end time are the request's index (so two
         // requests never carry the same time), and the counts depend on it too.
         let end = unix_ns() / 1_000_000 * 1_000_000 + i % 1_000_000;
@@ -447,6 +453,7 @@ impl Generator {
             p.start_time_unix_nano = end - 10_000_000_000;
             p.time_unix_nano = end;
         }
+        h.data_points.iter().map(|p| p.count).sum()
     }
 }
 
@@ -557,6 +564,9 @@ struct Stats {
     items_ok: u64,
     items_failed: u64,
     items_rejected: u64,
+    /// HTTP requests described by the data points sent, and by those of acknowledged exports.
+    described_sent: u64,
+    described_ok: u64,
     /// Failures by HTTP status, or 0 for I/O errors.
     failures: Vec<(u16, u64)>,
     first_error: Option<String>,
@@ -588,6 +598,8 @@ impl Stats {
         self.items_ok += o.items_ok;
         self.items_failed += o.items_failed;
         self.items_rejected += o.items_rejected;
+        self.described_sent += o.described_sent;
+        self.described_ok += o.described_ok;
         for (s, n) in o.failures {
             match self.failures.iter_mut().find(|(t, _)| *t == s) {
                 Some((_, m)) => *m += n,
@@ -630,7 +642,7 @@ fn worker(o: &Opts, sched: &Schedule, conn_id: usize, seed: u64) -> Stats {
             break;
         }
         // Built before its due time, so building costs no lag.
-        let request = g.build(i);
+        let (request, described) = g.build(i);
         let due = sched.due(i);
         let now = Instant::now();
         if now < due {
@@ -645,6 +657,7 @@ fn worker(o: &Opts, sched: &Schedule, conn_id: usize, seed: u64) -> Stats {
             .push(sent_at.saturating_duration_since(due).as_secs_f64());
         st.sent += 1;
         st.items_sent += items;
+        st.described_sent += described;
         let c = match &mut conn {
             Some(c) => c,
             None => match Conn::open(&o.endpoint) {
@@ -676,6 +689,7 @@ fn worker(o: &Opts, sched: &Schedule, conn_id: usize, seed: u64) -> Stats {
                         Ok(n) => {
                             st.ok += 1;
                             st.items_ok += items;
+                            st.described_ok += described;
                             st.items_rejected += n.max(0) as u64;
                         }
                         Err(e) => st.failure(status, items, || format!("response body: {e}")),
@@ -770,6 +784,7 @@ fn main() {
          \"seconds\":{},\"requests_scheduled\":{total},\"requests_sent\":{},\"requests_ok\":{},\
          \"requests_failed\":{},\"requests_unsent\":{},\"items_sent\":{},\"items_ok\":{},\
          \"items_failed\":{},\"items_rejected\":{},\"items_accepted\":{accepted},\
+         \"described_requests_sent\":{},\"described_requests_ok\":{},\
          \"elapsed_s\":{elapsed:.3},\"achieved_rate\":{:.0},\"lag_p50_ms\":{:.2},\
          \"lag_p99_ms\":{:.2},\"lag_max_ms\":{:.2},\"latency_p50_ms\":{:.2},\
          \"latency_p99_ms\":{:.2},\"kept_up\":{kept_up},\"failures\":{{{failures}}},\
@@ -787,6 +802,8 @@ fn main() {
         all.items_ok,
         all.items_failed,
         all.items_rejected,
+        all.described_sent,
+        all.described_ok,
         if elapsed > 0.0 {
             accepted as f64 / elapsed
         } else {
