@@ -17,6 +17,9 @@ const COMPONENTS: &[&str] = &["rust-src", "clippy", "rustfmt"];
 /// The bpf-linker release that works with the aya 0.14 line (shared/docs/toolchain.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// The cargo-deny release `cargo xtask test` checks deny.toml with (0.20 needs rustc 1.88).
+pub const CARGO_DENY_VERSION: &str = "0.20.2";
+
 /// Debian packages the project needs on the machine, and what uses each.
 const APT_PACKAGES: &[&str] = &[
     // promtool (checks the exposition output) and a real Prometheus server that scrapes the agent
@@ -110,6 +113,10 @@ pub fn setup() -> anyhow::Result<()> {
     report(
         format!("cargo-fuzz {}", crate::fuzz::CARGO_FUZZ_VERSION),
         cargo_fuzz(&toolchain)?,
+    );
+    report(
+        format!("cargo-deny {CARGO_DENY_VERSION}"),
+        cargo_deny(&toolchain)?,
     );
     report("apt packages".to_owned(), apt_packages(root)?);
     report(
@@ -287,32 +294,45 @@ fn check_bpf_linker(lib: &Path) -> anyhow::Result<()> {
 /// `cargo fuzz` for the fuzz targets (fuzz/, run by `cargo xtask fuzz` and `test`), at the
 /// pinned release; reinstalled when another one is on PATH.
 fn cargo_fuzz(toolchain: &str) -> anyhow::Result<Outcome> {
-    let version = crate::fuzz::CARGO_FUZZ_VERSION;
-    let installed = util::which("cargo-fuzz").and_then(|bin| {
+    cargo_tool(
+        toolchain,
+        "cargo-fuzz",
+        crate::fuzz::CARGO_FUZZ_VERSION,
+        "a minute or two",
+    )
+}
+
+/// `cargo deny` for the dependency checks of `cargo xtask test` (deny.toml), at the pinned
+/// release; reinstalled when another one is on PATH.
+fn cargo_deny(toolchain: &str) -> anyhow::Result<Outcome> {
+    cargo_tool(
+        toolchain,
+        "cargo-deny",
+        CARGO_DENY_VERSION,
+        "two or three minutes",
+    )
+}
+
+/// `cargo install --locked` of crate `name` at `version`, unless `<name> --version` already
+/// names that release (`cargo-fuzz 0.13.2`, `cargo-deny 0.20.2`).
+fn cargo_tool(toolchain: &str, name: &str, version: &str, takes: &str) -> anyhow::Result<Outcome> {
+    let installed = util::which(name).and_then(|bin| {
         let mut cmd = Command::new(bin);
         cmd.arg("--version");
         output(cmd).ok()
     });
-    // `cargo-fuzz 0.13.2`
     if installed.is_some_and(|v| v.split_whitespace().nth(1) == Some(version)) {
         return Ok(Outcome::Present);
     }
     let mut install = rustup_run(
         toolchain,
         "cargo",
-        &[
-            "install",
-            "cargo-fuzz",
-            "--locked",
-            "--force",
-            "--version",
-            version,
-        ],
+        &["install", name, "--locked", "--force", "--version", version],
     );
     // A temporary target dir, not the project's build cache.
     install.env_remove("CARGO_TARGET_DIR");
     println!(
-        "setup: cargo-fuzz: building (takes a minute or two): {}",
+        "setup: {name}: building (takes {takes}): {}",
         util::display(&install)
     );
     util::run(install)?;

@@ -69,6 +69,14 @@ pub fn test() -> anyhow::Result<()> {
         .env_remove("RUSTFLAGS");
     step("clippy (eBPF)", clippy_ebpf);
 
+    // Licenses, bans and sources of the main workspace's dependency graph (deny.toml). Not
+    // advisories: the RustSec database is on github.com, which this project's machines cannot
+    // reach (deny.toml says what would enable it).
+    step(
+        "cargo deny",
+        cargo("deny --locked check licenses bans sources"),
+    );
+
     // The privileged tests start the real agent and collector binaries.
     step(
         "build agent and collector",
@@ -119,7 +127,7 @@ pub fn test() -> anyhow::Result<()> {
         }
     }
     println!(
-        "test: all {total} steps passed (setup, fmt, clippy, build, tests) in {}s",
+        "test: all {total} steps passed (setup, fmt, clippy, cargo deny, build, tests) in {}s",
         started.elapsed().as_secs()
     );
     Ok(())
