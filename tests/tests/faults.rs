@@ -440,3 +440,94 @@ fn fault_collector_sigkilled_under_load_keeps_every_acknowledged_export() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn vm_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .expect("VmRSS")
+        / 1024.0
+}
+
+/// 100,000 distinct tenants sent straight to the collector (the agents' tenant cap does not
+/// protect it from a misconfigured or hostile sender), twice: every data point is accepted and
+/// stored, the SLO gauges stop at `ingest.max_slo_tenants` (the rest counted), and the
+/// collector's memory stays under its bound and does not grow with the second wave.
+#[test]
+fn collector_hundred_thousand_tenants_stay_within_the_bounds() {
+    // The StatefulSet's memory request; the limit is 1 GiB.
+    const RSS_BOUND_MIB: f64 = 128.0;
+    const TENANTS: u64 = 100_000;
+    let dir = temp_dir("collector-100k");
+    let collector = Collector::start(&dir, "");
+    let mut rss = Vec::new();
+    for wave in 0..2 {
+        // Two points (200 and 503) per tenant on one route: 200,000 points, 100,000 rows.
+        let out = Command::new(env!("CARGO_BIN_EXE_ts-otlp-load"))
+            .args(["--endpoint", &format!("127.0.0.1:{}", collector.http)])
+            .args(["--signal", "metrics", "--rate", "20000", "--batch", "1000"])
+            .args(["--seconds", "10", "--connections", "2", "--routes", "1"])
+            .args(["--tenants", &TENANTS.to_string()])
+            .output()
+            .expect("ts-otlp-load");
+        let report: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("the load generator's JSON line");
+        let field = |k: &str| {
+            report[k]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{k} in {report}"))
+        };
+        assert_eq!(field("items_ok"), 2 * TENANTS, "{report}");
+        assert_eq!(field("items_rejected"), 0, "{report}");
+        // The SLO gauges are refreshed by the maintenance pass.
+        let m = {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let m = collector.metrics();
+                if m.get("tenantscope_collector_slo_tenants_overflow", &[]) > Some(0.0) {
+                    break m;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no SLO overflow reported:\n{}",
+                    m.raw
+                );
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        };
+        let gauges: std::collections::BTreeSet<&str> = m
+            .samples
+            .iter()
+            .filter(|s| s.name == "tenantscope_collector_slo_attainment_ratio")
+            .filter_map(|s| s.labels.get("tenant").map(String::as_str))
+            .collect();
+        let r = vm_rss_mib(collector.child.id());
+        eprintln!(
+            "wave {wave}: {} points accepted, {} rows, {} tenants with SLO gauges, overflow {:?}, \
+             RSS {r:.1} MiB",
+            field("items_ok"),
+            m.get("tenantscope_collector_store_rows", &[])
+                .unwrap_or(-1.0),
+            gauges.len(),
+            m.get("tenantscope_collector_slo_tenants_overflow", &[])
+        );
+        assert!(
+            gauges.len() <= 1000,
+            "{} tenants with SLO gauges",
+            gauges.len()
+        );
+        assert!(
+            m.get("tenantscope_collector_store_rows", &[]) >= Some(TENANTS as f64),
+            "every tenant's row is stored"
+        );
+        assert!(r <= RSS_BOUND_MIB, "wave {wave}: collector RSS {r:.1} MiB");
+        rss.push(r);
+    }
+    assert!(
+        rss[1] <= rss[0] * 1.1 + 4.0,
+        "memory grows with distinct tenants: {rss:?} MiB"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
