@@ -356,3 +356,138 @@ fn agent_busy_port_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, CAP_PERFMON and CAP_BPF: what the DaemonSet adds.
+const DOCUMENTED_CAPS: &str = "+dac_read_search,+sys_ptrace,+perfmon,+bpf";
+
+/// A Python HTTP server running as nobody (another user than the agent), started before the
+/// agent so that only the agent's `/proc` scan can find its listening socket.
+fn server_as_nobody() -> (std::process::Child, u16) {
+    use std::io::BufRead as _;
+    let script = "import http.server\n\
+        class H(http.server.BaseHTTPRequestHandler):\n\
+        \x20   protocol_version = 'HTTP/1.1'\n\
+        \x20   def do_GET(self):\n\
+        \x20       self.send_response(200); self.send_header('Content-Length', '2')\n\
+        \x20       self.end_headers(); self.wfile.write(b'ok')\n\
+        \x20   def log_message(self, *a): pass\n\
+        s = http.server.HTTPServer(('127.0.0.1', 0), H)\n\
+        print(s.server_address[1], flush=True)\n\
+        s.serve_forever()\n";
+    let mut child = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--",
+            // The system interpreter: a user's (pyenv) may live where nobody cannot read.
+            "/usr/bin/python3",
+            "-c",
+            script,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv python3");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().expect("piped"))
+        .read_line(&mut line)
+        .expect("port");
+    (child, line.trim().parse().expect("port"))
+}
+
+/// `CapEff` of a process, as the kernel reports it.
+fn effective_caps(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .expect("CapEff");
+    u64::from_str_radix(hex.trim(), 16).expect("hex")
+}
+
+fn agent_with_caps(caps: &str) -> Agent {
+    let mut cmd = Command::new("setpriv");
+    // Still uid 0 (as in the DaemonSet), but the bounding set leaves only `caps`.
+    cmd.args([
+        &format!("--bounding-set=-all,{caps}"),
+        "--inh-caps=-all",
+        "--",
+    ])
+    .arg(agent_bin());
+    Agent::start_with(cmd, &[])
+}
+
+/// The agent with exactly the capabilities the DaemonSet gives it: every probe attaches, a
+/// request is counted, and the listening socket of another user's process, found only in its
+/// `/proc` (SYS_PTRACE, DAC_READ_SEARCH), is known. Without those two it is not.
+#[test]
+fn agent_runs_with_only_its_documented_capabilities() {
+    if !privileged("agent_runs_with_only_its_documented_capabilities") {
+        return;
+    }
+    let (mut server, port) = server_as_nobody();
+    let listen = |m: &tenantscope_tests::Metrics| {
+        m.get(
+            "tenantscope_tcp_listen_info",
+            &[("port", port.to_string().as_str()), ("family", "ipv4")],
+        )
+    };
+
+    let agent = agent_with_caps(DOCUMENTED_CAPS);
+    let want = (1u64 << 2) | (1 << 19) | (1 << 38) | (1 << 39);
+    assert_eq!(
+        effective_caps(agent.pid()),
+        want,
+        "exactly CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE, CAP_PERFMON and CAP_BPF"
+    );
+    let (status, _) = tenantscope_tests::http_get(port, "/caps", None).expect("request");
+    assert_eq!(status, 200);
+    let m = agent.wait_metrics(Duration::from_secs(15), |m| {
+        m.sum(
+            "http_server_request_duration_seconds_count",
+            &[("http_route", "/caps")],
+        ) >= 1.0
+            && listen(m).is_some()
+    });
+    for probe in ["process", "syscalls", "tcp", "http"] {
+        assert_eq!(
+            m.get(
+                "tenantscope_agent_probe_status",
+                &[("probe", probe), ("status", "attached")]
+            ),
+            Some(1.0),
+            "{probe}:\n{}",
+            agent.log_text()
+        );
+    }
+    assert_eq!(
+        m.sum(
+            "http_server_request_duration_seconds_count",
+            &[("http_route", "/caps")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        listen(&m),
+        Some(1.0),
+        "the other user's listener, from /proc"
+    );
+    drop(agent);
+
+    // Without SYS_PTRACE and DAC_READ_SEARCH the probes still attach, but another user's
+    // /proc/<pid>/fd is closed to the agent: the listener stays unknown.
+    let agent = agent_with_caps("+perfmon,+bpf");
+    let m = agent.wait_metrics(Duration::from_secs(3), |_| false);
+    assert_eq!(
+        m.get(
+            "tenantscope_agent_probe_status",
+            &[("probe", "http"), ("status", "attached")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(listen(&m), None, "{}", m.raw);
+    drop(agent);
+    let _ = server.kill();
+    let _ = server.wait();
+}
