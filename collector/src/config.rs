@@ -49,6 +49,15 @@ pub struct ServerConfig {
     /// TLS for all three listeners: PEM certificate chain and private key. Both or neither.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// OTLP requests per second accepted from one sender (client address), both transports
+    /// together; beyond it OTLP/HTTP answers 429 with `Retry-After` and OTLP/gRPC
+    /// RESOURCE_EXHAUSTED (counted as `rate_limited`). An agent sends one span export per
+    /// `otlp.batch_size` spans or `otlp.batch_timeout` and one SLI export per interval: the
+    /// default leaves a busy node (100,000 spans/s in batches of 512: ~200/s) room. 0 is off;
+    /// at most 100000.
+    pub agent_rate_limit: u32,
+    /// Requests one sender may make at once after being idle. 1 to 1000000.
+    pub agent_rate_burst: u32,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +69,8 @@ impl Default for ServerConfig {
             max_request_bytes: 8 << 20,
             tls_cert: None,
             tls_key: None,
+            agent_rate_limit: 500,
+            agent_rate_burst: 1000,
         }
     }
 }
@@ -175,6 +186,18 @@ impl Config {
             return Err(format!(
                 "server.max_request_bytes: {} is not between 1024 and 268435456",
                 s.max_request_bytes
+            ));
+        }
+        if s.agent_rate_limit > 100_000 {
+            return Err(format!(
+                "server.agent_rate_limit: {} is not between 0 and 100000",
+                s.agent_rate_limit
+            ));
+        }
+        if !(1..=1_000_000).contains(&s.agent_rate_burst) {
+            return Err(format!(
+                "server.agent_rate_burst: {} is not between 1 and 1000000",
+                s.agent_rate_burst
             ));
         }
         if s.tls_cert.is_some() != s.tls_key.is_some() {

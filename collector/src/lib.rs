@@ -8,6 +8,7 @@ pub mod config;
 pub mod forward;
 pub mod gauges;
 pub mod ingest;
+pub mod limits;
 pub mod metrics;
 pub mod objectives;
 pub mod promql;

@@ -298,7 +298,8 @@ async fn serve(cfg: Config) -> Result<()> {
         Box::new(move |t| thresholds.objective_for(t).latency_threshold() * 1000.0),
         cfg.ingest.max_cumulative_series,
         cfg.ingest.max_future_skew.as_secs() as i64,
-    );
+    )
+    .with_rate_limit(cfg.server.agent_rate_limit, cfg.server.agent_rate_burst);
     let mut tasks = tokio::task::JoinSet::new();
     // The forwarder's task drains its queue and ends once the ingestor (its last sender) is
     // dropped at shutdown.

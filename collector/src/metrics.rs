@@ -17,7 +17,7 @@ pub struct RequestLabels {
     /// `grpc` or `http`.
     pub transport: &'static str,
     /// `ok`, `duplicate`, `unauthenticated`, `forbidden`, `too_large`, `bad_request`,
-    /// `unsupported_media_type`, `store_failed`.
+    /// `unsupported_media_type`, `rate_limited`, `store_failed`.
     pub outcome: &'static str,
 }
 

@@ -32,6 +32,7 @@ use tonic::codec::CompressionEncoding;
 
 use crate::auth::{AuthError, Tokens};
 use crate::ingest::{self, CumulativeState, TimeLimits};
+use crate::limits::RateLimiter;
 use crate::metrics::CollectorMetrics;
 use crate::store::{Applied, Batch, Store};
 
@@ -47,6 +48,8 @@ pub struct Ingestor {
     pub threshold_ms: Box<ThresholdFn>,
     pub trace_sink: Option<Box<TraceSink>>,
     pub max_future_skew_s: i64,
+    /// Per-sender request rate (off unless `with_rate_limit`).
+    limiter: RateLimiter,
     state: Mutex<CumulativeState>,
 }
 
@@ -59,6 +62,8 @@ pub enum IngestError {
     Forbidden,
     #[error("the store failed, retry later: {0:#}")]
     Store(anyhow::Error),
+    #[error("too many requests from this sender (server.agent_rate_limit); retry in {0:?}")]
+    RateLimited(std::time::Duration),
 }
 
 fn now_s() -> i64 {
@@ -89,14 +94,32 @@ impl Ingestor {
             threshold_ms,
             trace_sink: None,
             max_future_skew_s,
+            limiter: RateLimiter::new(0, 1),
             state: Mutex::new(CumulativeState::new(now_ns(), max_cumulative_series)),
         }
     }
 
-    fn authorize(&self, authorization: Option<&str>) -> Result<(), IngestError> {
+    /// At most `rate` requests per second from each sender address, `burst` at once.
+    pub fn with_rate_limit(mut self, rate: u32, burst: u32) -> Self {
+        self.limiter = RateLimiter::new(rate, burst);
+        self
+    }
+
+    /// Authenticated, allowed to send, and within its sender's rate (checked in that order, so
+    /// that requests without a valid token do not use up a sender's budget).
+    fn authorize(
+        &self,
+        authorization: Option<&str>,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<(), IngestError> {
         let who = self.tokens.check(authorization)?;
         if !who.may_ingest() {
             return Err(IngestError::Forbidden);
+        }
+        if let Some(peer) = peer {
+            self.limiter
+                .check(peer, Instant::now())
+                .map_err(IngestError::RateLimited)?;
         }
         Ok(())
     }
@@ -206,6 +229,7 @@ fn error_outcome(e: &IngestError) -> &'static str {
         IngestError::Auth(_) => "unauthenticated",
         IngestError::Forbidden => "forbidden",
         IngestError::Store(_) => "store_failed",
+        IngestError::RateLimited(_) => "rate_limited",
     }
 }
 
@@ -221,6 +245,7 @@ fn status_of(e: &IngestError) -> tonic::Status {
             tracing::error!("{e}");
             tonic::Status::unavailable("the collector could not store the data; retry")
         }
+        IngestError::RateLimited(_) => tonic::Status::resource_exhausted(e.to_string()),
     }
 }
 
@@ -229,6 +254,7 @@ fn grpc_auth<T>(i: &Ingestor, r: &tonic::Request<T>) -> Result<(), IngestError> 
         r.metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok()),
+        r.remote_addr().map(|a| a.ip()),
     )
 }
 
@@ -361,9 +387,16 @@ struct Refusal(StatusCode, &'static str, String);
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let mut r = (self.0, self.2).into_response();
-        if self.0 == StatusCode::SERVICE_UNAVAILABLE {
+        // Both are retryable in OTLP/HTTP; a rate-limited sender's bucket refills within a
+        // second at any sensible rate.
+        let after = match self.0 {
+            StatusCode::SERVICE_UNAVAILABLE => Some("5"),
+            StatusCode::TOO_MANY_REQUESTS => Some("1"),
+            _ => None,
+        };
+        if let Some(after) = after {
             r.headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static(after));
         }
         r
     }
@@ -469,14 +502,22 @@ fn refusal_of(e: IngestError) -> Refusal {
                 "the collector could not store the data; retry".into(),
             )
         }
+        IngestError::RateLimited(_) => {
+            Refusal(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string())
+        }
     }
 }
 
 async fn http_export<R: Export>(
     State(s): State<HttpState>,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    // Set by `tls::serve` (both with and without TLS).
+    let peer = extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
     let result = async {
         let body = body.map_err(too_large)?;
         s.ingestor
@@ -484,6 +525,7 @@ async fn http_export<R: Export>(
                 headers
                     .get(header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok()),
+                peer,
             )
             .map_err(refusal_of)?;
         let (req, enc) = decode::<R>(&headers, body, s.max_bytes)?;

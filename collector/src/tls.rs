@@ -33,7 +33,8 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     Ok(Arc::new(cfg))
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves; over TLS when `tls` is set.
+/// Serves `app` on `listener` until `shutdown` resolves; over TLS when `tls` is set. Handlers
+/// find the peer's address as `ConnectInfo<SocketAddr>` either way.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -41,14 +42,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let Some(tls) = tls else {
-        return axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        return axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     tokio::pin!(shutdown);
     loop {
-        let (tcp, _) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 // Out of file descriptors and the like: keep serving the others.
@@ -61,7 +65,9 @@ pub async fn serve(
             () = &mut shutdown => return Ok(()),
         };
         let acceptor = acceptor.clone();
-        let app = app.clone();
+        let app = app
+            .clone()
+            .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
         tokio::spawn(async move {
             // A failed handshake is the client's problem; it is not logged per connection.
             let Ok(stream) = acceptor.accept(tcp).await else {

@@ -300,3 +300,93 @@ fn tls_serves_otlp_and_the_api() {
     assert_eq!(report["totals"]["requests"], 5, "{body}");
     assert_eq!(report["totals"]["errors"], 2, "{body}");
 }
+
+/// One sender beyond `server.agent_rate_limit`: a burst passes, the rest is refused (HTTP 429
+/// with Retry-After, gRPC RESOURCE_EXHAUSTED, both counted as rate_limited, nothing stored);
+/// the bucket refills at the configured rate.
+#[test]
+fn ingest_is_rate_limited_per_sender() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let collector =
+        Collector::start_with(dir.path(), "agent_rate_limit = 2\nagent_rate_burst = 3", "");
+    let client = reqwest::blocking::Client::new();
+    let url = collector.otlp_url("/v1/metrics");
+    let end = unix_now() / 60 * 60 - 60;
+    let mut statuses = Vec::new();
+    let started = std::time::Instant::now();
+    for i in 0..10 {
+        let req = export(
+            "web",
+            vec![point("acme", &format!("/r{i}"), 200, 1, 0, end)],
+        );
+        let resp = client
+            .post(&url)
+            .header("content-type", "application/x-protobuf")
+            .body(req.encode_to_vec())
+            .send()
+            .expect("post");
+        let status = resp.status().as_u16();
+        if status == 429 {
+            assert_eq!(
+                resp.headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap()),
+                Some("1")
+            );
+            assert!(resp.text().unwrap_or_default().contains("agent_rate_limit"));
+        }
+        statuses.push(status);
+    }
+    // 3 at once, plus 2 per second since.
+    let refilled = (started.elapsed().as_secs_f64() * 2.0).floor() as usize;
+    let ok = statuses.iter().filter(|&&s| s == 200).count();
+    assert_eq!(ok, 3 + refilled.min(7), "{statuses:?}");
+    assert_eq!(&statuses[..3], [200, 200, 200]);
+    assert!(
+        statuses.iter().all(|&s| s == 200 || s == 429),
+        "{statuses:?}"
+    );
+
+    // The same sender over gRPC shares the budget.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let code = rt.block_on(async {
+        let mut grpc =
+            MetricsServiceClient::connect(format!("http://127.0.0.1:{}", collector.grpc))
+                .await
+                .expect("gRPC connect");
+        let req = export("web", vec![point("acme", "/grpc", 200, 1, 0, end)]);
+        grpc.export(req).await.map(|_| ()).map_err(|e| e.code())
+    });
+    assert_eq!(code, Err(tonic::Code::ResourceExhausted));
+
+    // Refilled: one more passes after half a second.
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let req = export("web", vec![point("acme", "/later", 200, 1, 0, end)]);
+    assert_eq!(post_export(&client, &url, None, &req), Some(200));
+
+    let m = collector.metrics_text();
+    let limited = |transport: &str| {
+        counter(
+            &m,
+            "tenantscope_collector_otlp_requests_total",
+            &[
+                &format!("transport=\"{transport}\""),
+                "outcome=\"rate_limited\"",
+            ],
+        )
+    };
+    assert_eq!(limited("http"), (10 - ok) as f64, "{m}");
+    assert_eq!(limited("grpc"), 1.0, "{m}");
+    assert_eq!(
+        counter(
+            &m,
+            "tenantscope_collector_otlp_data_points_total",
+            &["outcome=\"accepted\""]
+        ),
+        (ok + 1) as f64,
+        "refused exports are not stored: {m}"
+    );
+}
