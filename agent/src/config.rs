@@ -603,6 +603,8 @@ impl Config {
         config
             .validate()
             .map_err(|error| blame_override(error, cli))?;
+        // After validation: the files are only read once the settings naming them are sound.
+        config.otlp.read_files()?;
         Ok(config)
     }
 
@@ -940,10 +942,10 @@ pub struct OtlpConfig {
     pub enabled: bool,
     /// Transport: `grpc` or `http/protobuf`. Default `grpc`.
     pub protocol: OtlpProtocol,
-    /// Collector URL, `http://` only (no TLS yet). For `http/protobuf` it is the base URL, to
-    /// which `/v1/traces` is appended, as with `OTEL_EXPORTER_OTLP_ENDPOINT`. Empty: the
-    /// protocol's default, `http://127.0.0.1:4317` (grpc) or `http://127.0.0.1:4318`
-    /// (http/protobuf). Default `""`.
+    /// Collector URL, `http://` or `https://` (TLS, see `tls_ca_file`). For `http/protobuf` it
+    /// is the base URL, to which `/v1/traces` is appended, as with
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`. Empty: the protocol's default, `http://127.0.0.1:4317`
+    /// (grpc) or `http://127.0.0.1:4318` (http/protobuf). Default `""`.
     pub endpoint: String,
     /// Deadline of one export request, retries included (two, with backoff). 100ms to 1m.
     /// Default `10s`.
@@ -1001,6 +1003,18 @@ pub struct OtlpConfig {
     /// Longest wait between two retries of failed span exports. 1s to 10m. Default `30s`.
     #[serde(with = "humantime_serde")]
     pub retry_max_backoff: Duration,
+    /// PEM file of the certificate authorities an `https://` endpoint's certificate must chain
+    /// to (a private CA, or the collector's self-signed certificate). Empty: the Mozilla root
+    /// store built into the agent. Default `""`.
+    pub tls_ca_file: String,
+    /// File holding a bearer token, sent as `authorization: Bearer <token>` with every export
+    /// (a mounted Secret, so that the token is in no configuration file); read at startup,
+    /// surrounding whitespace ignored. Not together with an `authorization` entry in `headers`.
+    /// Default `""`.
+    pub token_file: String,
+    /// `tls_ca_file`'s contents, read at startup.
+    #[serde(skip)]
+    pub tls_ca_pem: Option<Vec<u8>>,
 }
 
 impl Default for OtlpConfig {
@@ -1038,6 +1052,9 @@ impl Default for OtlpConfig {
             retry_buffer: 16_384,
             // Agents come back within half a minute of the collector, without hammering it.
             retry_max_backoff: Duration::from_secs(30),
+            tls_ca_file: String::new(),
+            token_file: String::new(),
+            tls_ca_pem: None,
         }
     }
 }
@@ -1060,6 +1077,47 @@ impl OtlpConfig {
             OtlpProtocol::Grpc => base.to_owned(),
             OtlpProtocol::HttpProtobuf => format!("{}/v1/{signal}", base.trim_end_matches('/')),
         }
+    }
+
+    /// Whether exports go over TLS (an `https://` endpoint).
+    pub fn tls(&self) -> bool {
+        self.effective_endpoint().starts_with("https://")
+    }
+
+    /// Reads `token_file` (into `headers`) and `tls_ca_file`; errors name the option.
+    fn read_files(&mut self) -> Result<(), ConfigError> {
+        if !self.token_file.is_empty() {
+            let text = std::fs::read_to_string(&self.token_file).map_err(|e| {
+                invalid(
+                    "otlp.token_file",
+                    format!("cannot read {:?}: {e}", self.token_file),
+                )
+            })?;
+            let token = text.trim();
+            if token.is_empty() || axum::http::HeaderValue::from_str(token).is_err() {
+                return Err(invalid(
+                    "otlp.token_file",
+                    format!(
+                        "{:?} must hold one token without control characters",
+                        self.token_file
+                    ),
+                ));
+            }
+            self.headers
+                .insert("authorization".into(), format!("Bearer {token}"));
+        }
+        if !self.tls_ca_file.is_empty() {
+            let pem = std::fs::read(&self.tls_ca_file).map_err(|e| {
+                invalid(
+                    "otlp.tls_ca_file",
+                    format!("cannot read {:?}: {e}", self.tls_ca_file),
+                )
+            })?;
+            crate::otlp::tls_client_config(Some(&pem))
+                .map_err(|e| invalid("otlp.tls_ca_file", format!("{:?}: {e}", self.tls_ca_file)))?;
+            self.tls_ca_pem = Some(pem);
+        }
+        Ok(())
     }
 
     /// `headers` as (name, value) pairs.
@@ -1104,6 +1162,23 @@ impl OtlpConfig {
             self.max_pending_client_spans,
             OTLP_MAX_PENDING_CLIENT_SPANS,
         )?;
+        if !self.tls_ca_file.is_empty() && !self.tls() {
+            return Err(invalid(
+                "otlp.tls_ca_file",
+                "must be empty unless otlp.endpoint is an https:// URL",
+            ));
+        }
+        if !self.token_file.is_empty()
+            && self
+                .headers
+                .keys()
+                .any(|k| k.eq_ignore_ascii_case("authorization"))
+        {
+            return Err(invalid(
+                "otlp.token_file",
+                "must not be set together with an authorization entry in otlp.headers",
+            ));
+        }
         if self.headers.len() > OTLP_MAX_HEADERS {
             return Err(invalid(
                 "otlp.headers",
@@ -1148,19 +1223,10 @@ fn check_endpoint(endpoint: &str) -> Result<(), String> {
     let uri: axum::http::Uri = endpoint.parse().map_err(|e| {
         format!("must be a URL such as http://127.0.0.1:4317, got {endpoint:?}: {e}")
     })?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "must use http://: TLS is not supported yet (use a node-local collector), got \
-                 {endpoint:?}"
-            ));
-        }
-        _ => {
-            return Err(format!(
-                "must start with http://, e.g. http://127.0.0.1:4317, got {endpoint:?}"
-            ));
-        }
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(format!(
+            "must start with http:// or https://, e.g. http://127.0.0.1:4317, got {endpoint:?}"
+        ));
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err(format!("must name a host, got {endpoint:?}"));
@@ -1796,7 +1862,20 @@ mod tests {
             ),
             (
                 "otlp.endpoint",
-                with(|c| c.otlp.endpoint = "https://collector:4317".into()),
+                with(|c| c.otlp.endpoint = "ftp://collector:4317".into()),
+            ),
+            (
+                "otlp.tls_ca_file",
+                with(|c| c.otlp.tls_ca_file = "/etc/ca.pem".into()),
+            ),
+            (
+                "otlp.token_file",
+                with(|c| {
+                    c.otlp.token_file = "/etc/token".into();
+                    c.otlp
+                        .headers
+                        .insert("Authorization".into(), "Bearer x".into());
+                }),
             ),
             (
                 "otlp.endpoint",
@@ -2321,7 +2400,7 @@ mod tests {
             ),
             (&["--log-level", ""][..], "--log-level", "TENANTSCOPE_LOG"),
             (
-                &["--otlp-endpoint", "https://collector:4317"][..],
+                &["--otlp-endpoint", "ftp://collector:4317"][..],
                 "--otlp-endpoint",
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
             ),

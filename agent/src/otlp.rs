@@ -285,11 +285,14 @@ pub struct ExportSettings {
     pub batch_timeout: Duration,
     pub retry_buffer: usize,
     pub retry_max_backoff: Duration,
+    /// The CA certificates to trust when `url` is `https://` (`None`: the Mozilla roots).
+    pub tls_ca_pem: Option<Vec<u8>>,
 }
 
 impl ExportSettings {
     pub fn from_config(cfg: &OtlpConfig) -> Self {
         Self {
+            tls_ca_pem: cfg.tls_ca_pem.clone(),
             protocol: cfg.protocol,
             url: cfg.signal_url("traces"),
             headers: cfg.header_pairs(),
@@ -369,7 +372,60 @@ pub fn start(
 /// traced or counted (gRPC exports are HTTP/2, which the HTTP/1.x probe does not capture).
 pub const OWN_EXPORT_HEADER: &str = "x-tenantscope-agent";
 
+/// The TLS client settings of an `https://` endpoint: the certificates of `ca_pem` as the only
+/// trust anchors, or the Mozilla root store without it; rustls with ring, TLS 1.2 and 1.3.
+pub fn tls_client_config(ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_pem {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| format!("not a PEM certificate: {e}"))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("unusable certificate: {e}"))?;
+            }
+            if roots.is_empty() {
+                return Err("holds no PEM certificate".into());
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())
+    .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// tonic's TLS settings for an `https://` gRPC endpoint (the same trust as `tls_client_config`).
+pub fn grpc_tls(ca_pem: Option<&[u8]>) -> tonic::transport::ClientTlsConfig {
+    let tls = tonic::transport::ClientTlsConfig::new();
+    match ca_pem {
+        Some(pem) => tls.ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        None => tls.with_webpki_roots(),
+    }
+}
+
+/// An HTTP/1.1 connector that speaks TLS to `https://` URLs (and plain TCP to `http://`).
+pub fn https_connector(
+    ca_pem: Option<&[u8]>,
+    connect_timeout: Duration,
+) -> Result<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, String>
+{
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_connect_timeout(Some(connect_timeout));
+    http.enforce_http(false);
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_client_config(ca_pem)?)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http))
+}
+
 pub fn build_exporter(s: &ExportSettings) -> Result<SpanExporter, String> {
+    let tls = s.url.starts_with("https://");
     let retry = RetryPolicy::default()
         .with_max_retries(MAX_RETRIES)
         .with_initial_delay(Duration::from_millis(200))
@@ -385,13 +441,16 @@ pub fn build_exporter(s: &ExportSettings) -> Result<SpanExporter, String> {
                     .map_err(|e| format!("header {k:?}: {e}"))?;
                 headers.insert(name, value);
             }
-            SpanExporter::builder()
+            let mut builder = SpanExporter::builder()
                 .with_tonic()
                 .with_endpoint(s.url.clone())
                 .with_timeout(s.timeout)
                 .with_metadata(tonic::metadata::MetadataMap::from_headers(headers))
-                .with_retry_policy(retry)
-                .build()
+                .with_retry_policy(retry);
+            if tls {
+                builder = builder.with_tls_config(grpc_tls(s.tls_ca_pem.as_deref()));
+            }
+            builder.build()
         }
         OtlpProtocol::HttpProtobuf => {
             // Marks the agent's own export requests so that an agent seeing the receiver's end
@@ -402,14 +461,20 @@ pub fn build_exporter(s: &ExportSettings) -> Result<SpanExporter, String> {
                 OWN_EXPORT_HEADER.to_owned(),
                 env!("CARGO_PKG_VERSION").to_owned(),
             );
-            SpanExporter::builder()
+            let mut builder = SpanExporter::builder()
                 .with_http()
                 .with_protocol(Protocol::HttpBinary)
                 .with_endpoint(s.url.clone())
                 .with_timeout(s.timeout)
                 .with_headers(headers)
-                .with_retry_policy(retry)
-                .build()
+                .with_retry_policy(retry);
+            if tls {
+                let connector = https_connector(s.tls_ca_pem.as_deref(), s.timeout)?;
+                builder = builder.with_http_client(opentelemetry_http::hyper::HyperClient::new(
+                    connector, s.timeout, None,
+                ));
+            }
+            builder.build()
         }
     };
     built.map_err(|e| e.to_string())

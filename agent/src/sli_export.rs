@@ -583,11 +583,14 @@ pub struct SliSettings {
     /// Requests kept for retry (`otlp.metrics_queue`).
     pub queue: usize,
     pub interval: Duration,
+    /// The CA certificates to trust when `url` is `https://` (`None`: the Mozilla roots).
+    pub tls_ca_pem: Option<Vec<u8>>,
 }
 
 impl SliSettings {
     pub fn from_config(cfg: &OtlpConfig) -> Self {
         Self {
+            tls_ca_pem: cfg.tls_ca_pem.clone(),
             protocol: cfg.protocol,
             url: cfg.signal_url("metrics"),
             headers: cfg.header_pairs(),
@@ -636,7 +639,7 @@ fn rejected_points(partial: Option<ExportMetricsPartialSuccess>) -> (u64, String
     })
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// How requests are sent.
 enum Transport {
@@ -683,9 +686,14 @@ impl Transport {
         );
         match s.protocol {
             OtlpProtocol::Grpc => {
-                let endpoint = tonic::transport::Endpoint::from_shared(s.url.clone())
+                let mut endpoint = tonic::transport::Endpoint::from_shared(s.url.clone())
                     .map_err(|e| chain(&e))?
                     .connect_timeout(s.timeout);
+                if s.url.starts_with("https://") {
+                    endpoint = endpoint
+                        .tls_config(crate::otlp::grpc_tls(s.tls_ca_pem.as_deref()))
+                        .map_err(|e| chain(&e))?;
+                }
                 Ok(Transport::Grpc {
                     client: MetricsServiceClient::new(endpoint.connect_lazy()),
                     metadata: tonic::metadata::MetadataMap::from_headers(headers),
@@ -697,8 +705,7 @@ impl Transport {
                     axum::http::header::CONTENT_TYPE,
                     axum::http::HeaderValue::from_static("application/x-protobuf"),
                 );
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(s.timeout));
+                let connector = crate::otlp::https_connector(s.tls_ca_pem.as_deref(), s.timeout)?;
                 Ok(Transport::Http {
                     client: Box::new(Client::builder(TokioExecutor::new()).build(connector)),
                     uri,
