@@ -990,7 +990,7 @@ pub struct OtlpConfig {
     /// interval. 1s to 5m. Default `10s`.
     #[serde(with = "humantime_serde")]
     pub metrics_interval: Duration,
-    /// SLI export requests kept for retry (one attempt per interval, the same bytes each time)
+    /// SLI export requests kept for retry (the same bytes each time, after a backoff with jitter)
     /// while the collector is unreachable; when full, the oldest is dropped and counted.
     /// 1 to 10000. Default `60` (10 minutes at the default interval).
     pub metrics_queue: usize,
@@ -1000,7 +1000,8 @@ pub struct OtlpConfig {
     /// and counted (`dropped_retry_full`). 0 to 1048576; 0 drops a failed request at once.
     /// Default `16384` (about 16 MiB at most).
     pub retry_buffer: usize,
-    /// Longest wait between two retries of failed span exports. 1s to 10m. Default `30s`.
+    /// Longest wait between two retries of failed span exports, and of failed SLI requests
+    /// (whose backoff starts at one `metrics_interval`). 1s to 10m. Default `30s`.
     #[serde(with = "humantime_serde")]
     pub retry_max_backoff: Duration,
     /// PEM file of the certificate authorities an `https://` endpoint's certificate must chain

@@ -537,7 +537,8 @@ impl Drop for Exporting {
 /// [`RETRY_INITIAL`] up to the configured maximum, and each wait is drawn from the upper half
 /// of that value so that agents cut off together do not come back in step.
 #[derive(Debug)]
-struct Backoff {
+pub(crate) struct Backoff {
+    initial: Duration,
     max: Duration,
     next: Duration,
     random: RandomState,
@@ -546,16 +547,22 @@ struct Backoff {
 
 impl Backoff {
     fn new(max: Duration) -> Self {
+        Self::starting_at(RETRY_INITIAL, max)
+    }
+
+    /// Waits from `initial` (at most `max`), doubling up to `max`.
+    pub(crate) fn starting_at(initial: Duration, max: Duration) -> Self {
         Self {
+            initial: initial.min(max),
             max,
-            next: RETRY_INITIAL.min(max),
+            next: initial.min(max),
             random: RandomState::new(),
             draws: 0,
         }
     }
 
     /// The wait after one more failure in a row.
-    fn failed(&mut self) -> Duration {
+    pub(crate) fn failed(&mut self) -> Duration {
         let base = self.next;
         self.next = base.saturating_mul(2).min(self.max);
         self.draws += 1;
@@ -564,8 +571,8 @@ impl Backoff {
         base / 2 + base.mul_f64(fraction / 2.0)
     }
 
-    fn succeeded(&mut self) {
-        self.next = RETRY_INITIAL.min(self.max);
+    pub(crate) fn succeeded(&mut self) {
+        self.next = self.initial;
     }
 }
 

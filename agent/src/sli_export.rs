@@ -49,7 +49,9 @@
 //!
 //! - An encoded request is kept as bytes until the collector accepted it. A failed attempt
 //!   (connection error, timeout, non-2xx HTTP status, any gRPC error) leaves it queued, and it is
-//!   sent again at the next interval tick with the **same bytes**: the collector deduplicates
+//!   sent again at a later interval tick with the **same bytes**, after a backoff (from one
+//!   interval, doubling up to `otlp.retry_max_backoff`, with jitter: agents coming back after a
+//!   collector outage do not all retry at once): the collector deduplicates
 //!   retries by content, so a retry after a lost acknowledgement does not count twice. A failed
 //!   request is never merged into a later one.
 //! - At each tick the queue is sent oldest first, at most one attempt per request, stopping at
@@ -583,6 +585,8 @@ pub struct SliSettings {
     /// Requests kept for retry (`otlp.metrics_queue`).
     pub queue: usize,
     pub interval: Duration,
+    /// Longest wait between two attempts after failures (`otlp.retry_max_backoff`).
+    pub retry_max_backoff: Duration,
     /// The CA certificates to trust when `url` is `https://` (`None`: the Mozilla roots).
     pub tls_ca_pem: Option<Vec<u8>>,
 }
@@ -597,6 +601,7 @@ impl SliSettings {
             timeout: cfg.timeout,
             queue: cfg.metrics_queue.max(1),
             interval: cfg.metrics_interval,
+            retry_max_backoff: cfg.retry_max_backoff,
         }
     }
 }
@@ -785,6 +790,11 @@ pub struct SliExporter {
     failures: Throttle,
     overflows: Throttle,
     failing: bool,
+    /// After a failure the queue waits (from one interval, doubling up to
+    /// `otlp.retry_max_backoff`, each wait drawn from its upper half) so that agents coming
+    /// back after a collector outage spread their retries over several ticks.
+    backoff: crate::otlp::Backoff,
+    retry_at: Option<Instant>,
 }
 
 impl Drop for SliExporter {
@@ -796,6 +806,10 @@ impl Drop for SliExporter {
 impl SliExporter {
     /// Needs the runtime (the gRPC channel's worker).
     pub fn new(settings: SliSettings, base: ResourceBase, metrics: SliMetrics) -> Self {
+        let backoff = crate::otlp::Backoff::starting_at(
+            settings.interval,
+            settings.retry_max_backoff.max(settings.interval),
+        );
         Self {
             transport: Transport::new(&settings),
             settings,
@@ -805,6 +819,8 @@ impl SliExporter {
             failures: Throttle::default(),
             overflows: Throttle::default(),
             failing: false,
+            backoff,
+            retry_at: None,
         }
     }
 
@@ -813,10 +829,14 @@ impl SliExporter {
         self.queue.len()
     }
 
-    /// One interval tick: queues the interval's request (if it had requests), then sends the
-    /// queue oldest first, one attempt each, until the first failure.
+    /// One interval tick: queues the interval's request (if it had requests), then, unless a
+    /// backoff after a failure is still running, sends the queue oldest first, one attempt
+    /// each, until the first failure.
     pub async fn tick(&mut self, interval: SliInterval) {
         self.enqueue(&interval);
+        if self.retry_at.is_some_and(|at| Instant::now() < at) {
+            return;
+        }
         self.send_queued(None).await;
     }
 
@@ -871,8 +891,11 @@ impl SliExporter {
             let result = self.transport.send(&request.body, until).await;
             let request = request.clone();
             if !self.settle(&request, result) {
+                self.retry_at = Some(Instant::now() + self.backoff.failed());
                 break;
             }
+            self.backoff.succeeded();
+            self.retry_at = None;
             self.queue.pop_front();
             self.metrics.queue_length.set(self.queue.len() as i64);
         }
@@ -904,8 +927,8 @@ impl SliExporter {
                         url = %self.settings.url,
                         %error,
                         queued = self.queue.len(),
-                        "OTLP request SLI export failed; retrying the same request at the next \
-                         interval (next warning in a minute at the earliest, see \
+                        "OTLP request SLI export failed; retrying the same request at a later \
+                         interval, after a backoff (next warning in a minute at the earliest, see \
                          tenantscope_agent_sli_exports_total)"
                     );
                 }
@@ -1068,6 +1091,14 @@ impl SliExporterTask {
 
 #[cfg(test)]
 mod tests {
+    impl SliExporter {
+        /// A tick once any backoff is over (these tests are about the queue, not the timing).
+        async fn tick_now(&mut self, interval: SliInterval) {
+            self.retry_at = None;
+            self.tick(interval).await;
+        }
+    }
+
     use std::sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -1554,16 +1585,16 @@ mod tests {
         let first = interval(0, 3);
         let expected = encode(&first, &ex.base).expect("requests").body;
 
-        ex.tick(first).await;
+        ex.tick_now(first).await;
         assert_eq!(ex.queued(), 1, "kept after a failure");
         // An empty interval sends nothing new, but retries.
-        ex.tick(interval(1, 0)).await;
+        ex.tick_now(interval(1, 0)).await;
         assert_eq!(ex.queued(), 1);
         assert_eq!(metrics.queue_length(), 1);
-        ex.tick(interval(2, 0)).await;
+        ex.tick_now(interval(2, 0)).await;
         assert_eq!(ex.queued(), 0, "accepted at the third attempt");
         // Nothing more to send: nothing is sent again.
-        ex.tick(interval(3, 0)).await;
+        ex.tick_now(interval(3, 0)).await;
 
         let got = drain(&mut rx);
         assert_eq!(got.len(), 3, "{protocol:?}: {got:?}");
@@ -1589,8 +1620,8 @@ mod tests {
         assert_eq!(metrics.queue_length(), 0);
 
         // Later intervals go out once each, in order.
-        ex.tick(interval(4, 1)).await;
-        ex.tick(interval(5, 2)).await;
+        ex.tick_now(interval(4, 1)).await;
+        ex.tick_now(interval(5, 2)).await;
         let got = drain(&mut rx);
         assert_eq!(got.len(), 2);
         assert_eq!(tenants(&got[0].body), ["t4"]);
@@ -1616,11 +1647,11 @@ mod tests {
             ..config(protocol, &endpoint)
         };
         let mut ex = exporter(&cfg, &metrics);
-        ex.tick(interval(0, 1)).await;
-        ex.tick(interval(1, 2)).await;
+        ex.tick_now(interval(0, 1)).await;
+        ex.tick_now(interval(1, 2)).await;
         // Oldest first, stopping at the first failure: one attempt per tick.
         assert_eq!(drain(&mut rx).len(), 2);
-        ex.tick(interval(2, 3)).await;
+        ex.tick_now(interval(2, 3)).await;
         assert_eq!(ex.queued(), 2);
         assert_eq!(metrics.queue_length(), 2);
         assert_eq!(metrics.exports(ExportOutcome::Dropped), 1);
@@ -1635,7 +1666,7 @@ mod tests {
 
         // The collector is back: both queued requests go out, oldest first.
         fail.store(0, Ordering::SeqCst);
-        ex.tick(interval(3, 0)).await;
+        ex.tick_now(interval(3, 0)).await;
         let sent = drain(&mut rx);
         let order: Vec<Vec<String>> = sent.iter().map(|r| tenants(&r.body)).collect();
         assert_eq!(order, [["t1"], ["t2"]], "{protocol:?}");
@@ -1668,8 +1699,8 @@ mod tests {
             let metrics = SliMetrics::default();
             let cfg = config(protocol, &format!("http://127.0.0.1:{port}"));
             let mut ex = exporter(&cfg, &metrics);
-            ex.tick(interval(0, 2)).await;
-            ex.tick(interval(1, 1)).await;
+            ex.tick_now(interval(0, 2)).await;
+            ex.tick_now(interval(1, 1)).await;
             assert_eq!(ex.queued(), 2, "{protocol:?}");
             assert_eq!(metrics.exports(ExportOutcome::Failed), 2);
             ex.finish(Some(interval(2, 4))).await;
@@ -1681,6 +1712,66 @@ mod tests {
             assert_eq!(metrics.points(PointOutcome::Exported), 0);
             assert_eq!(metrics.queue_length(), 0);
         }
+    }
+
+    /// After failures the queue waits out a backoff: from one interval, doubling up to
+    /// `otlp.retry_max_backoff`, each wait in the upper half of its step; ticks during it only
+    /// queue.
+    #[tokio::test]
+    async fn failures_back_off_with_jitter_before_the_next_attempt() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("address").port()
+        };
+        let metrics = SliMetrics::default();
+        let cfg = OtlpConfig {
+            metrics_interval: Duration::from_secs(10),
+            retry_max_backoff: Duration::from_secs(30),
+            ..config(
+                OtlpProtocol::HttpProtobuf,
+                &format!("http://127.0.0.1:{port}"),
+            )
+        };
+        let mut ex = exporter(&cfg, &metrics);
+        let waits = |ex: &SliExporter| {
+            ex.retry_at
+                .expect("a backoff after a failure")
+                .saturating_duration_since(Instant::now())
+        };
+        ex.tick(interval(0, 1)).await;
+        assert_eq!(metrics.exports(ExportOutcome::Failed), 1);
+        let first = waits(&ex);
+        assert!(
+            (Duration::from_millis(4900)..=Duration::from_secs(10)).contains(&first),
+            "{first:?}"
+        );
+        // A tick during the backoff queues its interval and attempts nothing.
+        ex.tick(interval(1, 1)).await;
+        assert_eq!(
+            (ex.queued(), metrics.exports(ExportOutcome::Failed)),
+            (2, 1)
+        );
+        // The next failures wait longer, up to the maximum.
+        let mut seen = vec![first];
+        for (n, (low, high)) in [(10, 20), (15, 30), (15, 30)].into_iter().enumerate() {
+            ex.tick_now(interval(2 + n as u64, 0)).await;
+            let w = waits(&ex);
+            assert!(
+                (Duration::from_millis(low * 1000 - 100)..=Duration::from_secs(high)).contains(&w),
+                "failure {}: {w:?}",
+                n + 2
+            );
+            seen.push(w);
+        }
+        assert_eq!(metrics.exports(ExportOutcome::Failed), 4);
+        // Drawn, not fixed: agents failing together do not retry together.
+        let draws: std::collections::BTreeSet<Duration> = (0..8)
+            .map(|_| {
+                crate::otlp::Backoff::starting_at(cfg.metrics_interval, cfg.retry_max_backoff)
+                    .failed()
+            })
+            .collect();
+        assert!(draws.len() > 1, "{draws:?}");
     }
 
     #[tokio::test]
@@ -1754,7 +1845,7 @@ mod tests {
         let (endpoint, mut rx, _fail) = receiver(protocol, 1).await;
         let metrics = SliMetrics::default();
         let mut ex = exporter(&config(protocol, &endpoint), &metrics);
-        ex.tick(interval(0, 2)).await;
+        ex.tick_now(interval(0, 2)).await;
         assert_eq!(ex.queued(), 1);
         ex.finish(Some(interval(1, 1))).await;
         let got = drain(&mut rx);

@@ -234,13 +234,14 @@ fn fault_sigterm_flushes_pending_spans_and_slis() {
     const N: u64 = 25;
     requests(&port, "flush", N);
     // Both ends are on this node: a server and a client span per request (the client's once
-    // its wait for a parent span is over).
+    // its wait for a parent span is over). This test's own scrapes of the agent are traced
+    // too (client spans of this process), so at least that many.
     let m = agent.wait_metrics(Duration::from_secs(20), |m| {
         m.sum(
             "http_server_request_duration_seconds_count",
             &[("tenant", "flush")],
         ) == N as f64
-            && m.get("tenantscope_agent_span_queue_length", &[]) == Some(2.0 * N as f64)
+            && m.get("tenantscope_agent_span_queue_length", &[]) >= Some(2.0 * N as f64)
     });
     assert_eq!(
         m.sum(
@@ -252,7 +253,10 @@ fn fault_sigterm_flushes_pending_spans_and_slis() {
     let queued = m
         .get("tenantscope_agent_span_queue_length", &[])
         .unwrap_or(0.0);
-    assert_eq!(queued, 2.0 * N as f64, "spans wait for their batch");
+    assert!(
+        queued >= 2.0 * N as f64,
+        "spans wait for their batch: {queued}"
+    );
     assert_eq!(
         stored_requests(&collector, "flush").unwrap_or(0),
         0,

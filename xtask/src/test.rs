@@ -98,10 +98,11 @@ pub fn test() -> anyhow::Result<()> {
     );
     // Every cargo-fuzz target for a bounded time, from its committed seeds (fuzz/).
     step("fuzz (30 s per target)", cargo("xtask fuzz --seconds 30"));
+    // --no-fail-fast: one failing test file does not hide the results of the others.
     step(
         "privileged tests",
         with_test_env(cargo(&format!(
-            "test --locked -p {PRIVILEGED_TESTS} -- --test-threads=1"
+            "test --locked --no-fail-fast -p {PRIVILEGED_TESTS} -- --test-threads=1"
         ))),
     );
 
