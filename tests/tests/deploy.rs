@@ -888,17 +888,44 @@ fn check_agent(r: &Rendered, privileged: bool) {
     assert_eq!(field("NODE_NAME"), "spec.nodeName");
     assert_eq!(field("POD_NAME"), "metadata.name");
     assert_eq!(field("POD_NAMESPACE"), "metadata.namespace");
-    let resolved = resolve_env(&env);
-    let headers = resolved
-        .get("OTEL_EXPORTER_OTLP_HEADERS")
-        .unwrap_or_else(|| panic!("{what}: env OTEL_EXPORTER_OTLP_HEADERS"));
+    // No secret in the environment: the collector token is a file, the key agent-token of the
+    // Secret, mounted where otlp.token_file names it.
+    assert!(
+        env.iter()
+            .all(|e| e["valueFrom"].get("secretKeyRef").is_none()),
+        "{what}: a secret in the agent's environment"
+    );
+    let config = r.mounted_config(ds, "config", "agent.toml");
+    let token_file = toml_value(&config, "otlp", "token_file").expect("otlp.token_file");
+    let (dir, file) = token_file.rsplit_once('/').expect("a path");
+    let mount = mounts
+        .iter()
+        .find(|m| m["mountPath"] == dir)
+        .unwrap_or_else(|| panic!("{what}: nothing mounted at {dir} for otlp.token_file"));
     assert_eq!(
-        headers,
-        &format!(
-            "authorization=Bearer%20{}",
-            fake_secret(TOKENS_SECRET, "agent-token")
-        ),
-        "{what}: the agent token reaches the OTLP headers"
+        mount["readOnly"], true,
+        "{what}: the token mount is read-only"
+    );
+    let volume = volumes(ds)
+        .into_iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("the token volume");
+    assert_eq!(
+        volume["secret"]["secretName"], TOKENS_SECRET,
+        "{what}: the token comes from Secret {TOKENS_SECRET}"
+    );
+    let items = volume["secret"]["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: only the agent's key is mounted"));
+    assert_eq!(
+        items.len(),
+        1,
+        "{what}: the admin token never reaches the nodes"
+    );
+    assert_eq!(
+        (items[0]["key"].as_str(), items[0]["path"].as_str()),
+        (Some("agent-token"), Some(file)),
+        "{what}: otlp.token_file is the Secret's agent-token"
     );
 
     // Probes and the metrics port agree with the agent's config.
@@ -1346,6 +1373,16 @@ fn shipped_configs_load_in_the_real_binaries() {
         let file = scratch.0.join(format!("{}-agent.toml", r.name));
         std::fs::write(&file, r.mounted_config(ds, "config", "agent.toml")).unwrap();
         let env = resolve_env(&list(container(ds, "agent"), "env"));
+        // The token file where the Secret would be mounted, here beside the config.
+        let text = std::fs::read_to_string(&file).unwrap();
+        let token_file = toml_value(&text, "otlp", "token_file").expect("otlp.token_file");
+        let local_token = scratch.0.join(format!("{}-agent-token", r.name));
+        std::fs::write(&local_token, fake_secret(TOKENS_SECRET, "agent-token")).unwrap();
+        std::fs::write(
+            &file,
+            text.replace(&token_file, local_token.to_str().expect("utf-8")),
+        )
+        .unwrap();
         let out = run(Command::new(&agent_bin)
             .env_clear()
             .envs(&env)
@@ -1359,7 +1396,7 @@ fn shipped_configs_load_in_the_real_binaries() {
             r.name,
             String::from_utf8_lossy(&out.stderr)
         );
-        // The header from OTEL_EXPORTER_OTLP_HEADERS is in the effective config (redacted).
+        // The header made from otlp.token_file is in the effective config (redacted).
         assert!(
             stdout.contains("authorization = \"<redacted>\""),
             "{}: the agent token header is not in the effective config:\n{stdout}",
