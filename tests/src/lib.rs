@@ -326,6 +326,17 @@ pub fn http_get_headers(port: u16, path: &str, headers: &[(&str, &str)]) -> Opti
     Some((status, body.to_owned()))
 }
 
+/// A process's resident memory (`VmRSS`), in MiB.
+pub fn vm_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .expect("VmRSS")
+        / 1024.0
+}
+
 /// The ids of the BPF programs and maps a process holds open, from `/proc/<pid>/fdinfo`: exactly
 /// that process's objects, whatever else is loaded on the machine.
 pub fn bpf_objects_of(pid: u32) -> (BTreeSet<u32>, BTreeSet<u32>) {

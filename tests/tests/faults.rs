@@ -445,16 +445,6 @@ fn fault_collector_sigkilled_under_load_keeps_every_acknowledged_export() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn vm_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .expect("VmRSS")
-        / 1024.0
-}
-
 /// 100,000 distinct tenants sent straight to the collector (the agents' tenant cap does not
 /// protect it from a misconfigured or hostile sender), twice: every data point is accepted and
 /// stored, the SLO gauges stop at `ingest.max_slo_tenants` (the rest counted), and the
@@ -507,7 +497,7 @@ fn collector_hundred_thousand_tenants_stay_within_the_bounds() {
             .filter(|s| s.name == "tenantscope_collector_slo_attainment_ratio")
             .filter_map(|s| s.labels.get("tenant").map(String::as_str))
             .collect();
-        let r = vm_rss_mib(collector.child.id());
+        let r = tenantscope_tests::vm_rss_mib(collector.child.id());
         eprintln!(
             "wave {wave}: {} points accepted, {} rows, {} tenants with SLO gauges, overflow {:?}, \
              RSS {r:.1} MiB",

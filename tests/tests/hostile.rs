@@ -290,16 +290,6 @@ fn distinct_requests(port: u16, from: u64) {
     });
 }
 
-fn vm_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kib / 1024.0
-}
-
 /// Two waves of 100,000 requests, every one from a distinct tenant on a distinct route (nginx,
 /// spans and SLIs exported to a real collector): the agent's label bounds hold exactly,
 /// every request is counted in a series or in an overflow or loss counter, and its memory
@@ -377,7 +367,7 @@ fn hundred_thousand_tenants_and_routes_stay_within_the_bounds() {
         let m = agent.wait_metrics(Duration::from_secs(30), |n| {
             (accounted(n) - seen_total(n)).abs() <= 2.0 && seen_total(n) >= want
         });
-        let r = vm_rss_mib(agent.pid());
+        let r = tenantscope_tests::vm_rss_mib(agent.pid());
         rss.push(r);
         let tenants = m.get("tenantscope_agent_tenants", &[]).unwrap_or(-1.0);
         let series = m
