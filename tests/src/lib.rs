@@ -326,6 +326,36 @@ pub fn http_get_headers(port: u16, path: &str, headers: &[(&str, &str)]) -> Opti
     Some((status, body.to_owned()))
 }
 
+/// Starts nginx (one process, no access log, keep-alive without a request limit) on a free
+/// loopback port with `locations` inside its `server` block, its files under `dir`; returns it
+/// and the port once it accepts connections.
+pub fn nginx(dir: &std::path::Path, locations: &str) -> (Child, u16) {
+    std::fs::create_dir_all(dir.join("logs")).expect("nginx dir");
+    let port = free_port();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nerror_log {d}/logs/error.log;\npid {d}/nginx.pid;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+         fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+         keepalive_requests 1000000;\n\
+         server {{\n  listen 127.0.0.1:{port};\n{locations}\n }}\n}}\n",
+        d = dir.display()
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).expect("nginx.conf");
+    let child = Command::new("nginx")
+        .args(["-c", path.to_str().expect("utf-8"), "-p"])
+        .arg(dir)
+        .spawn()
+        .expect("nginx (cargo xtask setup installs nginx-light)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nginx did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, port)
+}
+
 /// A process's resident memory (`VmRSS`), in MiB.
 pub fn vm_rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");

@@ -317,27 +317,7 @@ fn hundred_thousand_tenants_and_routes_stay_within_the_bounds() {
     )
     .expect("agent config");
     let agent = Agent::start(&["-c", config.to_str().expect("utf-8")]);
-    let port = tenantscope_tests::free_port();
-    let conf = format!(
-        "daemon off;\nmaster_process off;\nerror_log {d}/logs/error.log;\npid {d}/nginx.pid;\n\
-         events {{ worker_connections 64; }}\n\
-         http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
-         fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
-         keepalive_requests 1000000;\n\
-         server {{\n  listen 127.0.0.1:{port};\n  location / {{ return 200 \"ok\"; }}\n }}\n}}\n",
-        d = dir.display()
-    );
-    std::fs::write(dir.join("nginx.conf"), conf).expect("nginx.conf");
-    let mut nginx = std::process::Command::new("nginx")
-        .args(["-c", dir.join("nginx.conf").to_str().expect("utf-8"), "-p"])
-        .arg(&dir)
-        .spawn()
-        .expect("nginx (cargo xtask setup installs nginx-light)");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "nginx did not start");
-        sleep(Duration::from_millis(100));
-    }
+    let (mut nginx, port) = tenantscope_tests::nginx(&dir, "  location / { return 200 \"ok\"; }");
 
     let seen_total = |m: &Metrics| m.sum("tenantscope_agent_http_requests_seen_total", &[]);
     let counted = |m: &Metrics| {

@@ -357,21 +357,6 @@ fn http_nginx_server_counts_per_tenant_and_status() {
         return;
     }
     let dir = std::env::temp_dir().join(format!("ts-nginx-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("logs")).expect("nginx dir");
-    let port = tenantscope_tests::free_port();
-    let conf = format!(
-        "daemon off;\nmaster_process off;\nerror_log {d}/logs/error.log;\npid {d}/nginx.pid;\n\
-         events {{ worker_connections 64; }}\n\
-         http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
-         fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
-         server {{\n  listen 127.0.0.1:{port};\n\
-          location = /api/items/1 {{ return 200 \"ok\"; }}\n\
-          location = /api/items/2 {{ return 404; }}\n\
-          location = /api/items/3 {{ return 500; }}\n }}\n}}\n",
-        d = dir.display()
-    );
-    let conf_path = dir.join("nginx.conf");
-    std::fs::write(&conf_path, conf).expect("nginx.conf");
     // Spans go to an independent OTLP receiver, as in the Python-server test.
     let (mut receiver, mut out, endpoint) = otlp_receiver();
     let mut agent = Agent::start(&[
@@ -380,11 +365,12 @@ fn http_nginx_server_counts_per_tenant_and_status() {
         "--otlp-endpoint",
         &endpoint,
     ]);
-    let mut nginx = Command::new("nginx")
-        .args(["-c", conf_path.to_str().expect("utf-8"), "-p"])
-        .arg(&dir)
-        .spawn()
-        .expect("nginx (cargo xtask setup installs nginx-light)");
+    let (mut nginx, port) = tenantscope_tests::nginx(
+        &dir,
+        "  location = /api/items/1 { return 200 \"ok\"; }\n\
+         location = /api/items/2 { return 404; }\n\
+         location = /api/items/3 { return 500; }",
+    );
     let client = format!(
         r#"
 import http.client, time
