@@ -340,11 +340,9 @@ fn hundred_thousand_tenants_and_routes_stay_within_the_bounds() {
         eprintln!("wave {wave}: sent in {:?}", started.elapsed());
         // Both ends are on this node: a server and a client request each.
         let want = 2.0 * ((wave + 1) * DISTINCT) as f64;
-        let m = agent.wait_metrics(Duration::from_secs(30), |m| seen_total(m) >= want);
-        // Settled: every request seen is in a series or a counter (client exchanges wait up to
-        // `otlp.client_parent_wait` for a parent span before they are recorded).
-        let _ = m;
-        let m = agent.wait_metrics(Duration::from_secs(30), |n| {
+        // Settled: every request seen, and each in a series or a counter (client exchanges wait
+        // up to `otlp.client_parent_wait` for a parent span before they are recorded).
+        let m = agent.wait_metrics(Duration::from_secs(60), |n| {
             (accounted(n) - seen_total(n)).abs() <= 2.0 && seen_total(n) >= want
         });
         let r = tenantscope_tests::vm_rss_mib(agent.pid());
