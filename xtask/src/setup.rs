@@ -44,8 +44,10 @@ const APT_PACKAGES: &[&str] = &[
     "bpftrace",
     // Headless browser: the collector's HTML SLA report test renders the page and reads its DOM.
     "chromium",
-    // Self-signed certificates for the collector's TLS test.
+    // Self-signed certificates for the collector's and the agent's TLS tests.
     "openssl",
+    // SQLite's own integrity check of the store a SIGKILLed collector left (tests/faults.rs).
+    "sqlite3",
 ];
 
 /// The independent OTLP decoder the span tests use: PyPI `opentelemetry-proto` in a venv under
