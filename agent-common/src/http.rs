@@ -83,6 +83,17 @@ pub struct SockState {
     pub conn_id: u64,
     /// When the current request's first bytes were seen.
     pub req_ts_ns: u64,
+    /// Client side: the server request the calling thread was serving when the current request
+    /// began (`conn_id`, `req_ts_ns` of that server connection), valid when `parent` is
+    /// `PARENT_ONE`.
+    pub parent_conn: u64,
+    pub parent_ts: u64,
+    /// Server side: the thread that read the current request, whose `HTTP_SERVING` entry counts
+    /// it in flight; 0 when it is not counted.
+    pub req_tid: u32,
+    /// Client side: `PARENT_*`, what the calling thread was serving when the request began.
+    pub parent: u8,
+    pub _pad0: [u8; 3],
     pub role: u8,
     pub state: u8,
     /// Bytes stashed for the current request.
@@ -94,7 +105,42 @@ pub struct SockState {
     pub seen: u8,
     pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<SockState>() == 24);
+const _: () = assert!(core::mem::size_of::<SockState>() == 48);
+
+/// `parent` of a client request: the calling thread had no server request in flight.
+pub const PARENT_NONE: u8 = 0;
+/// Exactly one, read on this thread and not yet answered, and the process was never seen
+/// serving two at once on one thread: the candidate parent.
+pub const PARENT_ONE: u8 = 1;
+/// Several (the thread, or once any thread of the process, had two in flight: an event loop),
+/// or the kernel could not keep count: no parent can be sure.
+pub const PARENT_MANY: u8 = 2;
+
+/// The kernel half of the parenting rule: what a client request that begins on a thread with
+/// `in_flight` server requests in flight may descend from, `multiplexed` when a thread of its
+/// process was ever seen with two at once. Shared so that userspace tests drive the very
+/// decision the kernel makes.
+#[inline(always)]
+pub const fn client_parent(in_flight: u64, multiplexed: bool) -> u8 {
+    match in_flight {
+        0 => PARENT_NONE,
+        1 if !multiplexed => PARENT_ONE,
+        _ => PARENT_MANY,
+    }
+}
+
+/// Value of `HTTP_SERVING`, per thread that read a server request: the requests it read whose
+/// responses have not begun (decremented by whichever thread answers or closes), and the
+/// identity of the one it read last.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Serving {
+    /// `conn_id` and `req_ts_ns` of the request read last on the thread.
+    pub conn_id: u64,
+    pub req_ts_ns: u64,
+    pub in_flight: u64,
+}
+const _: () = assert!(core::mem::size_of::<Serving>() == 24);
 
 /// The request stash; twice the window so that the verifier can prove every bounded copy fits.
 #[repr(C)]
@@ -170,10 +216,14 @@ pub struct HttpEvent {
     pub tid: u32,
     pub fd: u32,
     pub role: u8,
-    pub _pad: u8,
+    /// Client records: `PARENT_*` of the request (see `SockState::parent`).
+    pub parent: u8,
     pub req_len: u16,
     pub resp_len: u16,
     pub _pad2: [u8; 6],
+    /// Client records with `PARENT_ONE`: the candidate server request's connection and start.
+    pub parent_conn: u64,
+    pub parent_ts: u64,
     pub req: [u8; REQ_WINDOW],
     pub resp: [u8; RESP_WINDOW],
 }
@@ -181,7 +231,7 @@ const _: () = assert!(core::mem::size_of::<HttpEvent>() == HEADER_BYTES + REQ_WI
 
 /// Bytes of `HttpEvent` before `req`. Records are sent at their used length: these header
 /// bytes, then `req_len` request bytes, then `resp_len` response bytes right after them.
-pub const HEADER_BYTES: usize = 56;
+pub const HEADER_BYTES: usize = 72;
 const _: () = assert!(core::mem::offset_of!(HttpEvent, req) == HEADER_BYTES);
 // The kernel masks record lengths with 2047 so the verifier can bound them.
 const _: () = assert!(core::mem::size_of::<HttpEvent>() < 2048);
@@ -195,4 +245,5 @@ mod user {
     unsafe impl aya::Pod for super::RequestCounts {}
     unsafe impl aya::Pod for super::SockState {}
     unsafe impl aya::Pod for super::PendingIo {}
+    unsafe impl aya::Pod for super::Serving {}
 }

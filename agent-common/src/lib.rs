@@ -42,8 +42,12 @@ pub mod counters {
     /// A process's request counts could not be created: `HTTP_REQUESTS` is full (its requests
     /// are missing from the coverage figure and the in-flight gauge).
     pub const HTTP_REQUESTS_FULL: u32 = 12;
+    /// A thread that read a server request could not be given an `HTTP_SERVING` entry, or its
+    /// process could not be marked multiplexing in `HTTP_MULTIPLEXED`: the process's client
+    /// calls are no longer parented (they may not be exact).
+    pub const HTTP_SERVING_FULL: u32 = 13;
     /// Number of counters; the map has exactly this many slots.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
 
     /// `(index, probe, kind)` for exposition; one row per counter above.
     pub const ALL: [(u32, &str, &str); COUNT as usize] = [
@@ -60,6 +64,7 @@ pub mod counters {
         (HTTP_READ_FAILED, "http", "read_failed"),
         (HTTP_STASH_EVICTED, "http", "stash_evicted"),
         (HTTP_REQUESTS_FULL, "http", "requests_map_full"),
+        (HTTP_SERVING_FULL, "http", "serving_map_full"),
     ];
 }
 

@@ -19,9 +19,9 @@ use tenantscope_agent_common::{
     counters,
     http::{
         EXCHANGE_KIND, FdKey, HEADER_BYTES, HttpConfig, HttpEvent, OP_ACCEPT, OP_CONNECT, OP_IN,
-        OP_OUT, PendingIo, REQ_WINDOW, RESP_WINDOW, ROLE_CLIENT, ROLE_SERVER, RequestCounts,
-        RequestKey, STATE_IDLE, STATE_REQUEST, STATE_RESPONSE, STATE_UPGRADED, SockState, Stash,
-        UPGRADED_CLOSE_KIND,
+        OP_OUT, PARENT_NONE, PARENT_ONE, PendingIo, REQ_WINDOW, RESP_WINDOW, ROLE_CLIENT,
+        ROLE_SERVER, RequestCounts, RequestKey, STATE_IDLE, STATE_REQUEST, STATE_RESPONSE,
+        STATE_UPGRADED, Serving, SockState, Stash, UPGRADED_CLOSE_KIND, client_parent,
     },
 };
 
@@ -63,6 +63,17 @@ static HTTP_STASH: LruHashMap<FdKey, Stash> = LruHashMap::with_max_entries(4096,
 /// figure. Not preallocated.
 #[map]
 static HTTP_REQUESTS: HashMap<RequestKey, RequestCounts> = HashMap::with_max_entries(16384, 1);
+
+/// Server requests in flight per thread that read them (see `Serving`): what a client request
+/// started on that thread may descend from. A plain hash, not LRU: an entry evicted while its
+/// thread serves would make a second request look like the only one. Deleted at thread exit.
+#[map]
+static HTTP_SERVING: HashMap<u32, Serving> = HashMap::with_max_entries(32768, 0);
+
+/// Processes seen with two server requests in flight on one thread (event loops), or whose
+/// count the kernel lost: none of their client requests gets a parent. Deleted at exit.
+#[map]
+static HTTP_MULTIPLEXED: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
 
 /// Syscall arguments from entry to exit, by thread id.
 #[map]
@@ -237,6 +248,11 @@ fn track(tgid: u32, fd: u32, role: u8) {
     let state = SockState {
         conn_id: now,
         req_ts_ns: 0,
+        parent_conn: 0,
+        parent_ts: 0,
+        req_tid: 0,
+        parent: PARENT_NONE,
+        _pad0: [0; 3],
         role,
         state: STATE_IDLE,
         req_len: 0,
@@ -257,8 +273,11 @@ fn on_close(fd: u32) {
     let s = unsafe { *s };
     let _ = HTTP_SOCKS.remove(key);
     let _ = HTTP_STASH.remove(key);
-    if s.state == STATE_REQUEST && s.role == ROLE_SERVER && s.method != 0 {
-        request_done(tgid, s.method);
+    if s.state == STATE_REQUEST && s.role == ROLE_SERVER {
+        if s.method != 0 {
+            request_done(tgid, s.method);
+        }
+        serving_done(s.req_tid);
     }
     if s.state == STATE_UPGRADED {
         let Some(ev) = HTTP_RECORD.get_ptr_mut(0) else {
@@ -275,8 +294,11 @@ fn on_close(fd: u32) {
             (*ev).tid = bpf_get_current_pid_tgid() as u32;
             (*ev).fd = fd;
             (*ev).role = s.role;
+            (*ev).parent = PARENT_NONE;
             (*ev).req_len = 0;
             (*ev).resp_len = 0;
+            (*ev).parent_conn = 0;
+            (*ev).parent_ts = 0;
         }
         send(ev, HEADER_BYTES);
     }
@@ -404,14 +426,29 @@ fn on_data(tgid: u32, tid: u32, fd: u32, inbound: bool, buf: u64, n: u64) {
                 return; // body bytes of a request whose head we already have
             }
             // SAFETY: as above.
-            let first = unsafe { (*s).seen } == 0;
+            let (first, conn_id) = unsafe { ((*s).seen == 0, (*s).conn_id) };
             request_started(tgid, method, role, first);
+            // SAFETY: always callable from tracing programs.
+            let now = unsafe { bpf_ktime_get_ns() };
+            if role == ROLE_SERVER {
+                let req_tid = serving_started(tgid, tid, conn_id, now);
+                // SAFETY: as above.
+                unsafe { (*s).req_tid = req_tid };
+            } else {
+                let (parent, parent_conn, parent_ts) = serving_now(tgid, tid);
+                // SAFETY: as above.
+                unsafe {
+                    (*s).parent = parent;
+                    (*s).parent_conn = parent_conn;
+                    (*s).parent_ts = parent_ts;
+                }
+            }
             // SAFETY: as above.
             unsafe {
                 (*s).method = method;
                 (*s).seen = 1;
                 (*s).state = STATE_REQUEST;
-                (*s).req_ts_ns = bpf_ktime_get_ns();
+                (*s).req_ts_ns = now;
                 (*s).req_len = 0;
             }
             // A keep-alive connection reuses its stash (`req_len` says what is valid): an
@@ -447,12 +484,28 @@ fn on_data(tgid: u32, tid: u32, fd: u32, inbound: bool, buf: u64, n: u64) {
     if interim && !upgrade {
         return;
     }
+    // Taken before the request leaves its thread's count: a client request that saw it in
+    // flight started before this time, which userspace checks.
+    // SAFETY: always callable from tracing programs.
+    let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: as above.
-    let (conn_id, req_ts, req_len, method) =
-        unsafe { ((*s).conn_id, (*s).req_ts_ns, (*s).req_len, (*s).method) };
-    if state == STATE_REQUEST && role == ROLE_SERVER && method != 0 {
-        request_done(tgid, method);
+    let (conn_id, req_ts, req_len, method, req_tid) = unsafe {
+        (
+            (*s).conn_id,
+            (*s).req_ts_ns,
+            (*s).req_len,
+            (*s).method,
+            (*s).req_tid,
+        )
+    };
+    if state == STATE_REQUEST && role == ROLE_SERVER {
+        if method != 0 {
+            request_done(tgid, method);
+        }
+        serving_done(req_tid);
     }
+    // SAFETY: as above.
+    let parent = unsafe { ((*s).parent, (*s).parent_conn, (*s).parent_ts) };
     // A response without a stashed request (pipelining) still goes up, with no request bytes.
     let req_len = if state == STATE_REQUEST { req_len } else { 0 };
     // SAFETY: as above.
@@ -463,7 +516,116 @@ fn on_data(tgid: u32, tid: u32, fd: u32, inbound: bool, buf: u64, n: u64) {
             STATE_RESPONSE
         };
     }
-    emit(key, conn_id, req_ts, req_len, tid, role, buf, n);
+    let ids = Ids {
+        conn_id,
+        req_ts,
+        resp_ts: now,
+        tid,
+        parent,
+    };
+    emit(key, &ids, req_len, role, buf, n);
+}
+
+/// What a record says about its exchange besides the bytes.
+struct Ids {
+    conn_id: u64,
+    req_ts: u64,
+    resp_ts: u64,
+    tid: u32,
+    /// `(PARENT_*, parent_conn, parent_ts)` of a client request.
+    parent: (u8, u64, u64),
+}
+
+/// A server request was read on thread `tid`: it counts in the thread's requests in flight.
+/// Returns the thread whose entry counts it (0: none could be made; the process is then marked
+/// multiplexing, since its threads' counts can no longer be trusted).
+#[inline(always)]
+fn serving_started(tgid: u32, tid: u32, conn_id: u64, req_ts: u64) -> u32 {
+    if let Some(e) = HTTP_SERVING.get_ptr_mut(tid) {
+        // SAFETY: live map value. Only this thread adds to its own entry and writes its
+        // identity; others only subtract (atomically), so a zero read here stays zero or the
+        // request that made it non-zero was answered in between (then the count is
+        // overstated, which only makes the process look multiplexing: never a wrong parent).
+        unsafe {
+            if core::ptr::read_volatile(&raw const (*e).in_flight) == 0 {
+                (*e).conn_id = conn_id;
+                (*e).req_ts_ns = req_ts;
+            } else {
+                mark_multiplexed(tgid);
+            }
+            atomic_add(&raw mut (*e).in_flight, 1);
+        }
+        return tid;
+    }
+    let fresh = Serving {
+        conn_id,
+        req_ts_ns: req_ts,
+        in_flight: 1,
+    };
+    if HTTP_SERVING
+        .insert(tid, fresh, u64::from(aya_ebpf::bindings::BPF_NOEXIST))
+        .is_err()
+    {
+        count(counters::HTTP_SERVING_FULL);
+        mark_multiplexed(tgid);
+        return 0;
+    }
+    tid
+}
+
+/// The response of a request read on `req_tid` began, or its connection closed first.
+#[inline(always)]
+fn serving_done(req_tid: u32) {
+    if req_tid == 0 {
+        return;
+    }
+    if let Some(e) = HTTP_SERVING.get_ptr_mut(req_tid) {
+        // SAFETY: live map value; two's complement -1. Never below zero: each request counted
+        // in is counted out once (its socket leaves REQUEST state once).
+        unsafe { atomic_add(&raw mut (*e).in_flight, u64::MAX) };
+    }
+}
+
+/// What thread `tid` of `tgid` serves now, for a client request it begins: `PARENT_*` and
+/// the candidate's (connection, request start).
+#[inline(always)]
+fn serving_now(tgid: u32, tid: u32) -> (u8, u64, u64) {
+    let Some(e) = HTTP_SERVING.get_ptr(tid) else {
+        return (PARENT_NONE, 0, 0);
+    };
+    // SAFETY: live map value; the count may drop concurrently (a response on another
+    // thread), which userspace detects from the response time.
+    let (n, conn, ts) = unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*e).in_flight),
+            (*e).conn_id,
+            (*e).req_ts_ns,
+        )
+    };
+    // Only a lone request needs the process's mark looked up.
+    let multiplexed = n == 1 && HTTP_MULTIPLEXED.get_ptr(tgid).is_some();
+    match client_parent(n, multiplexed) {
+        PARENT_ONE => (PARENT_ONE, conn, ts),
+        kind => (kind, 0, 0),
+    }
+}
+
+#[inline(always)]
+fn mark_multiplexed(tgid: u32) {
+    if HTTP_MULTIPLEXED.get_ptr(tgid).is_none() && HTTP_MULTIPLEXED.insert(tgid, 1, 0).is_err() {
+        count(counters::HTTP_SERVING_FULL);
+    }
+}
+
+/// A thread exited (`sched_process_exit`): its count goes; with the last thread (the leader),
+/// its process's mark.
+#[inline(always)]
+pub fn thread_exited(id: u64) {
+    let (tgid, tid) = ((id >> 32) as u32, id as u32);
+    let _ = HTTP_SERVING.remove(tid);
+    if tgid == tid {
+        let _ = HTTP_MULTIPLEXED.remove(tgid);
+    }
 }
 
 /// Appends up to the capture window of `n` user bytes at `buf` to the stash; returns how many.
@@ -496,9 +658,8 @@ fn stash(key: FdKey, have: u64, buf: u64, n: u64) -> u64 {
     len as u64
 }
 
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn emit(key: FdKey, conn_id: u64, req_ts: u64, req_len: u16, tid: u32, role: u8, buf: u64, n: u64) {
+fn emit(key: FdKey, ids: &Ids, req_len: u16, role: u8, buf: u64, n: u64) {
     let Some(ev) = HTTP_RECORD.get_ptr_mut(0) else {
         return;
     };
@@ -511,14 +672,16 @@ fn emit(key: FdKey, conn_id: u64, req_ts: u64, req_len: u16, tid: u32, role: u8,
     unsafe {
         (*ev).header.kind = EXCHANGE_KIND;
         (*ev).header._pad = 0;
-        (*ev).header.ts_ns = bpf_ktime_get_ns();
-        (*ev).conn_id = conn_id;
-        (*ev).req_ts_ns = req_ts;
+        (*ev).header.ts_ns = ids.resp_ts;
+        (*ev).conn_id = ids.conn_id;
+        (*ev).req_ts_ns = ids.req_ts;
         (*ev).tgid = key.tgid;
-        (*ev).tid = tid;
+        (*ev).tid = ids.tid;
         (*ev).fd = key.fd;
         (*ev).role = role;
-        (*ev)._pad = 0;
+        (*ev).parent = ids.parent.0;
+        (*ev).parent_conn = ids.parent.1;
+        (*ev).parent_ts = ids.parent.2;
         (*ev).req_len = 0;
         (*ev).resp_len = 0;
         let body = (*ev).req.as_mut_ptr();

@@ -53,6 +53,7 @@ pub fn process_exec(_ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn process_exit(_ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
+    crate::http::thread_exited(id);
     // Only the thread-group leader's exit ends the process for our purposes.
     if (id >> 32) as u32 == id as u32 {
         emit(EXIT_KIND, (id >> 32) as u32, 0);

@@ -455,25 +455,19 @@ impl Agent {
             if let Some(r) = self.recorder.as_mut() {
                 r.record(&item);
             }
-            let label_of = |tgid| resolve_origin(table, proc_root, t, tgid, now);
+            let procs = Procs {
+                table: &mut *table,
+                proc_root,
+                t,
+                now,
+            };
             match http::decode(&item) {
-                Ok(http::Record::Exchange {
-                    conn,
-                    role,
-                    tgid,
-                    tid,
-                    req_ts,
-                    resp_ts,
-                    request,
-                    response,
-                }) => {
-                    pipeline.on_record(
-                        conn, role, tgid, tid, request, response, req_ts, resp_ts, label_of,
-                    );
+                Ok(http::Record::Exchange(r)) => {
+                    pipeline.on_record(&r, procs);
                     exchanges += 1;
                 }
                 Ok(http::Record::UpgradedClose { conn, at }) => {
-                    pipeline.on_close(conn, at, label_of);
+                    pipeline.on_close(conn, at, procs);
                     closes += 1;
                 }
                 Err(e) => {
@@ -675,6 +669,9 @@ impl Agent {
         let expired = self.table.expire(t0);
         self.agg.drop_workloads(&expired);
         self.tcp_agg.drop_workloads(&expired);
+        if let Some(http) = self.http.as_mut() {
+            http.drop_workloads(&expired);
+        }
         self.tcp_agg.prune_owners(t0);
 
         if let Err(e) = self.loaded.read_counters(&mut self.kernel_counters) {
@@ -850,6 +847,32 @@ fn report<T>(
     }
 }
 
+/// The HTTP pipeline's view of the process table: workloads and pods, and runtimes read from
+/// `/proc/<pid>/exe` the first time they matter (a client call with a candidate parent).
+struct Procs<'a> {
+    table: &'a mut ProcessTable,
+    proc_root: &'a std::path::Path,
+    t: &'a Telemetry,
+    now: Instant,
+}
+
+impl crate::aggregate::http::ProcessView for Procs<'_> {
+    fn origin(&mut self, tgid: u32) -> Origin {
+        resolve_origin(self.table, self.proc_root, self.t, tgid, self.now)
+    }
+
+    fn multitasks(&mut self, tgid: u32) -> bool {
+        learn(self.table, self.proc_root, self.t, tgid, self.now);
+        let runtime = self.table.runtime(tgid).unwrap_or_else(|| {
+            let r = crate::workload::runtime::of_process(self.proc_root, tgid);
+            tracing::debug!(tgid, runtime = ?r, "read a process's runtime");
+            self.table.set_runtime(tgid, Some(r));
+            r
+        });
+        runtime.multitasks()
+    }
+}
+
 /// The workload label of `tgid`, reading `/proc` for processes never heard of (started
 /// before a dropped event); a process already gone is labelled unknown.
 fn resolve(
@@ -947,6 +970,9 @@ fn apply(
                 (w, _) => w,
             };
             table.upsert(tgid, w, now);
+            // Same workload, maybe another executable (an entrypoint script exec'ing a Go
+            // binary): read it again when asked.
+            table.set_runtime(tgid, None);
         }
         process::Event::Exit { tgid } => table.exit(tgid, now),
     }

@@ -6,6 +6,7 @@ pub mod aggregate;
 pub mod config;
 pub mod http;
 pub mod otlp;
+pub mod parenting;
 pub mod probes;
 pub mod replay;
 pub mod server;

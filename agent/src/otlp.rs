@@ -13,6 +13,7 @@ use std::{
     collections::{HashMap, VecDeque},
     future::Future,
     hash::{BuildHasher as _, RandomState},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -36,6 +37,7 @@ use tokio::{
 
 use crate::{
     config::{OtlpConfig, OtlpProtocol},
+    parenting::ParentKind,
     spans::{AgentSpan, MonoToUnix, ResourceBase, group_by_origin},
     workload::Origin,
 };
@@ -45,6 +47,7 @@ pub const SPAN_EXPORT_DURATION: &str = "tenantscope_agent_span_export_duration";
 pub const SPAN_QUEUE_LENGTH: &str = "tenantscope_agent_span_queue_length";
 pub const SPAN_RETRY_BUFFER: &str = "tenantscope_agent_span_retry_buffer_spans";
 pub const CLIENT_SPANS_UNPARENTED: &str = "tenantscope_agent_client_spans_unparented";
+pub const CLIENT_SPANS: &str = "tenantscope_agent_client_spans";
 
 /// Export request durations (seconds): a node-local collector answers in milliseconds, a
 /// struggling one takes up to `otlp.timeout`.
@@ -138,6 +141,12 @@ pub struct UnparentedLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientSpanLabels {
+    pub parent: &'static str,
+    pub workload: crate::aggregate::http::Label,
+}
+
 /// The span self-metrics; cheap to clone (shared handles). Register once with
 /// [`SpanMetrics::register`].
 #[derive(Clone, Debug)]
@@ -147,6 +156,7 @@ pub struct SpanMetrics {
     queue_length: Gauge,
     retry_buffer: Gauge,
     client_unparented: Family<UnparentedLabels, Counter>,
+    client_spans: Family<ClientSpanLabels, Counter>,
 }
 
 impl Default for SpanMetrics {
@@ -157,6 +167,7 @@ impl Default for SpanMetrics {
             queue_length: Gauge::default(),
             retry_buffer: Gauge::default(),
             client_unparented: Family::default(),
+            client_spans: Family::default(),
         };
         // Every series exists from the start, so a drop shows as a rate rather than a new series.
         for o in Outcome::ALL {
@@ -199,9 +210,16 @@ impl SpanMetrics {
         );
         registry.register(
             CLIENT_SPANS_UNPARENTED,
-            "Outgoing-request spans exported as roots because no incoming request on their thread \
-             claimed them, by reason",
+            "Outgoing-request spans with one candidate parent that became roots because its \
+             incoming request did not arrive in time (parent=\"unconfirmed\"), by reason",
             self.client_unparented.clone(),
+        );
+        registry.register(
+            CLIENT_SPANS,
+            "Outgoing-request spans by how their parent was decided: traceparent (the request's \
+             own), exact (the one request its thread served), or roots: ambiguous, none, \
+             unconfirmed",
+            self.client_spans.clone(),
         );
     }
 
@@ -227,6 +245,37 @@ impl SpanMetrics {
                 reason: reason.as_str(),
             })
             .inc();
+    }
+
+    /// One client exchange of `workload`, parented as `kind` says.
+    pub fn client_span(&self, kind: ParentKind, workload: &Arc<str>) {
+        self.client_spans
+            .get_or_create(&ClientSpanLabels {
+                parent: kind.as_str(),
+                workload: crate::aggregate::http::Label(workload.clone()),
+            })
+            .inc();
+    }
+
+    pub fn client_spans(&self, kind: ParentKind, workload: &str) -> u64 {
+        self.client_spans
+            .get_or_create(&ClientSpanLabels {
+                parent: kind.as_str(),
+                workload: crate::aggregate::http::Label(workload.into()),
+            })
+            .get()
+    }
+
+    /// Forgets the client-span counts of workloads whose labels expired.
+    pub fn forget_workloads(&self, expired: &[Arc<str>]) {
+        for workload in expired {
+            for kind in ParentKind::ALL {
+                self.client_spans.remove(&ClientSpanLabels {
+                    parent: kind.as_str(),
+                    workload: crate::aggregate::http::Label(workload.clone()),
+                });
+            }
+        }
     }
 
     pub fn unparented_count(&self, reason: Unparented) -> u64 {
@@ -903,6 +952,7 @@ pub fn mono_to_unix_now() -> MonoToUnix {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probes::http::ExchangeRecord;
     use crate::{
         aggregate::http::{HttpMetrics, HttpPipeline, SpanSetup},
         config::TracesSampler,
@@ -1045,14 +1095,20 @@ mod tests {
     fn traffic(p: &mut HttpPipeline) {
         let label = |tgid: u32| Origin::host(if tgid == 7 { "api" } else { "web" });
         p.on_record(
-            2,
-            Role::Client,
-            7,
-            7,
-            b"GET /users/9 HTTP/1.1\r\nHost: users.internal\r\nX-Tenant-ID: acme\r\n\r\n",
-            b"HTTP/1.1 503 Service Unavailable\r\n\r\n",
-            2_000_000,
-            4_000_000,
+            &ExchangeRecord::test(
+                2,
+                Role::Client,
+                7,
+                7,
+                b"GET /users/9 HTTP/1.1\r\nHost: users.internal\r\nX-Tenant-ID: acme\r\n\r\n",
+                b"HTTP/1.1 503 Service Unavailable\r\n\r\n",
+                2_000_000,
+                4_000_000,
+            )
+            .serving(crate::parenting::Serving::One {
+                conn: 1,
+                req_ts: 1_000_000,
+            }),
             label,
         );
         let req = format!(
@@ -1060,25 +1116,29 @@ mod tests {
              traceparent: 00-{TRACE_ID}-{PARENT_ID}-01\r\n\r\n"
         );
         p.on_record(
-            1,
-            Role::Server,
-            7,
-            7,
-            req.as_bytes(),
-            b"HTTP/1.1 200 OK\r\n\r\n",
-            1_000_000,
-            21_000_000,
+            &ExchangeRecord::test(
+                1,
+                Role::Server,
+                7,
+                7,
+                req.as_bytes(),
+                b"HTTP/1.1 200 OK\r\n\r\n",
+                1_000_000,
+                21_000_000,
+            ),
             label,
         );
         p.on_record(
-            3,
-            Role::Server,
-            8,
-            8,
-            b"POST /posts HTTP/1.0\r\nHost: x\r\nX-Tenant-ID: globex\r\n\r\n",
-            b"HTTP/1.0 500 Oops\r\n\r\n",
-            30_000_000,
-            31_000_000,
+            &ExchangeRecord::test(
+                3,
+                Role::Server,
+                8,
+                8,
+                b"POST /posts HTTP/1.0\r\nHost: x\r\nX-Tenant-ID: globex\r\n\r\n",
+                b"HTTP/1.0 500 Oops\r\n\r\n",
+                30_000_000,
+                31_000_000,
+            ),
             label,
         );
     }

@@ -23,6 +23,7 @@ use crate::{
     aggregate::http::{HttpMetrics, HttpPipeline, SpanSetup},
     config::Config,
     otlp::{self, SpanExporterTask, SpanMetrics},
+    parenting::Serving,
     probes::http::{self as probe, Record},
     spans::{AgentSpan, MonoToUnix, ResourceBase, SpanOptions, group_by_origin},
     workload::{ProcessTable, Workload},
@@ -164,28 +165,14 @@ impl Replay {
                 table.origin(tgid, now)
             };
             match probe::decode(bytes) {
-                Ok(Record::Exchange {
-                    conn,
-                    role,
-                    tgid,
-                    tid,
-                    req_ts,
-                    resp_ts,
-                    request,
-                    response,
-                }) => {
-                    self.last_ns = self.last_ns.max(resp_ts.saturating_add(shift));
-                    self.pipeline.on_record(
-                        conn,
-                        role,
-                        tgid,
-                        tid,
-                        request,
-                        response,
-                        req_ts.saturating_add(shift),
-                        resp_ts.saturating_add(shift),
-                        label_of,
-                    );
+                Ok(Record::Exchange(mut r)) => {
+                    self.last_ns = self.last_ns.max(r.resp_ts.saturating_add(shift));
+                    r.req_ts = r.req_ts.saturating_add(shift);
+                    r.resp_ts = r.resp_ts.saturating_add(shift);
+                    if let Serving::One { req_ts, .. } = &mut r.serving {
+                        *req_ts = req_ts.saturating_add(shift);
+                    }
+                    self.pipeline.on_record(&r, label_of);
                 }
                 Ok(Record::UpgradedClose { conn, at }) => {
                     self.pipeline

@@ -1110,6 +1110,7 @@ mod tests {
     use tokio::{net::TcpListener, sync::mpsc::UnboundedReceiver};
 
     use super::*;
+    use crate::probes::http::ExchangeRecord;
     use crate::{
         aggregate::http::{HttpMetrics, HttpPipeline, Label},
         http::{
@@ -1210,14 +1211,16 @@ mod tests {
         let req = format!("GET /posts/{conn} HTTP/1.1\r\nX-Tenant-ID: {tenant}\r\n\r\n");
         let resp = format!("HTTP/1.1 {status} X\r\n\r\n");
         p.on_record(
-            conn,
-            Role::Server,
-            1,
-            1,
-            req.as_bytes(),
-            resp.as_bytes(),
-            1_000_000,
-            1_000_000 + ms * 1_000_000,
+            &ExchangeRecord::test(
+                conn,
+                Role::Server,
+                1,
+                1,
+                req.as_bytes(),
+                resp.as_bytes(),
+                1_000_000,
+                1_000_000 + ms * 1_000_000,
+            ),
             |_| crate::workload::Origin::host("api"),
         );
     }
@@ -1229,14 +1232,16 @@ mod tests {
         server(&mut p, 2, "acme", 200, 30);
         // An outgoing request: not a server SLI (but it takes one of the two series).
         p.on_record(
-            3,
-            Role::Client,
-            1,
-            1,
-            b"GET /users/1 HTTP/1.1\r\nHost: users\r\nX-Tenant-ID: acme\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\n\r\n",
-            0,
-            1_000_000,
+            &ExchangeRecord::test(
+                3,
+                Role::Client,
+                1,
+                1,
+                b"GET /users/1 HTTP/1.1\r\nHost: users\r\nX-Tenant-ID: acme\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\n\r\n",
+                0,
+                1_000_000,
+            ),
             |_| crate::workload::Origin::host("api"),
         );
         // Beyond the cap: neither a Prometheus series nor an SLI series.

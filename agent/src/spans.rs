@@ -10,33 +10,18 @@
 //!   parent id (a remote parent), sampled per the configured sampler (the `parentbased_*` ones
 //!   follow the header's flag).
 //! - An outgoing (client) request without one becomes the child of the incoming (server)
-//!   request that the same thread of the same process was serving when the outgoing request
-//!   started: same trace id, parent = that server span (a local parent), same sampling decision.
-//!   The server exchange is only known when its response begins, after its outgoing calls have
-//!   finished, so client exchanges wait in [`PendingClients`] for a bounded time after their
-//!   end (`otlp.client_parent_wait`) and in bounded number (`otlp.max_pending_client_spans`);
-//!   those nobody claims become root spans (counted).
+//!   request its thread was serving only when the agent is sure of it (see
+//!   [`crate::parenting`] for the rule, what it covers and what it leaves as roots); the server
+//!   exchange is only known when its response begins, after its outgoing calls have finished,
+//!   so such client exchanges wait in [`crate::parenting::PendingClients`] for a bounded time
+//!   after their end (`otlp.client_parent_wait`) and in bounded number
+//!   (`otlp.max_pending_client_spans`). Every client span says how its parent was decided
+//!   (`tenantscope.parent`).
 //! - Anything else is the root of a new trace, sampled by the trace id (`traceidratio`).
-//!
-//! The thread rule holds for thread-per-request servers (and a Go handler while its goroutine
-//! stays on one OS thread). It cannot hold, and outgoing requests then become roots or, worse,
-//! children of the wrong request, when
-//! - one thread serves many requests at once: event loops (Node.js, nginx, Python asyncio,
-//!   Netty): the first server exchange to complete on the thread claims every client exchange
-//!   that started within its lifetime;
-//! - work moves between threads: thread pools and executors that hand a request to a worker,
-//!   async runtimes that resume a task on another thread (Tokio's multi-thread scheduler, Go's
-//!   scheduler moving goroutines between OS threads after a blocking syscall, the JVM's
-//!   virtual threads);
-//! - the calls outlive the wait: a server spends longer than `otlp.client_parent_wait` between
-//!   the end of a downstream call and its own response.
-//!
-//! Applications that propagate trace context themselves (a `traceparent` on their outgoing
-//! requests) are always parented correctly: the header wins over the thread rule.
 
 use std::{
     borrow::Cow,
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::HashMap,
     str::FromStr as _,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -64,6 +49,7 @@ use crate::{
         route::{OTHER, UNMATCHED},
         trace::Incoming,
     },
+    parenting::ParentKind,
     workload::{Origin, PodMeta},
 };
 
@@ -237,12 +223,13 @@ pub fn trace_state(header: Option<&str>) -> TraceState {
 }
 
 /// One paired request, reduced to what its span and its RED series need; what waits in
-/// [`PendingClients`] (about 1 KiB at most: the path is capped).
+/// [`crate::parenting::PendingClients`] (about 1 KiB at most: the path is capped).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpCall {
     pub role: Role,
     pub tgid: u32,
-    pub tid: u32,
+    /// Client exchanges: how their parent was decided, once it is (`tenantscope.parent`).
+    pub parent: Option<ParentKind>,
     pub method: Method,
     /// Without query string (see `RequestHead::path`).
     pub path: String,
@@ -355,6 +342,9 @@ pub fn build_span(
     if matches!(status, Status::Error { .. }) {
         attributes.push(KeyValue::new("error.type", call.status.to_string()));
     }
+    if let Some(parent) = call.parent {
+        attributes.push(KeyValue::new("tenantscope.parent", parent.as_str()));
+    }
     SpanData {
         span_context: SpanContext::new(
             decision.trace_id,
@@ -394,126 +384,6 @@ pub fn group_by_origin(batch: Vec<AgentSpan>) -> Vec<(Origin, Vec<SpanData>)> {
         groups[i].1.push(span.data);
     }
     groups
-}
-
-/// Thread key of the parenting rule: (process, thread).
-pub type ThreadKey = (u32, u32);
-
-struct Pending<T> {
-    seq: u64,
-    expires_at: u64,
-    start_ns: u64,
-    item: T,
-}
-
-/// Client exchanges waiting for the server exchange that encloses them on the same thread.
-/// Bounded in time (`wait` after their end) and in number; time is the caller's (kernel
-/// monotonic ns).
-pub struct PendingClients<T> {
-    /// Per thread in arrival order, which is also expiry order but for records that arrive out
-    /// of order: a deque, so that expiring the oldest (the common case) is O(1). A thread that
-    /// only makes client calls (a load generator) holds up to `max` of them.
-    by_thread: HashMap<ThreadKey, VecDeque<Pending<T>>>,
-    /// (expiry, sequence) -> thread, to expire in time order.
-    by_expiry: BTreeMap<(u64, u64), ThreadKey>,
-    seq: u64,
-    wait_ns: u64,
-    max: usize,
-}
-
-impl<T> PendingClients<T> {
-    pub fn new(wait: Duration, max: usize) -> Self {
-        Self {
-            by_thread: HashMap::new(),
-            by_expiry: BTreeMap::new(),
-            seq: 0,
-            wait_ns: u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX),
-            max,
-        }
-    }
-
-    /// False when the wait or the bound is zero: nothing is ever held.
-    pub fn enabled(&self) -> bool {
-        self.wait_ns > 0 && self.max > 0
-    }
-
-    pub fn len(&self) -> usize {
-        self.by_expiry.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_expiry.is_empty()
-    }
-
-    /// Holds `item` until claimed or expired; gives it back when full (or disabled).
-    pub fn push(&mut self, key: ThreadKey, start_ns: u64, end_ns: u64, item: T) -> Result<(), T> {
-        if !self.enabled() || self.len() >= self.max {
-            return Err(item);
-        }
-        self.seq += 1;
-        let expires_at = end_ns.saturating_add(self.wait_ns);
-        self.by_expiry.insert((expires_at, self.seq), key);
-        self.by_thread.entry(key).or_default().push_back(Pending {
-            seq: self.seq,
-            expires_at,
-            start_ns,
-            item,
-        });
-        Ok(())
-    }
-
-    /// Moves to `out`, in arrival order, the items of `key` that started within
-    /// `[start_ns, end_ns]`.
-    pub fn claim(&mut self, key: ThreadKey, start_ns: u64, end_ns: u64, out: &mut Vec<T>) {
-        let Some(list) = self.by_thread.get_mut(&key) else {
-            return;
-        };
-        let mut i = 0;
-        while i < list.len() {
-            if (start_ns..=end_ns).contains(&list[i].start_ns) {
-                if let Some(p) = list.remove(i) {
-                    self.by_expiry.remove(&(p.expires_at, p.seq));
-                    out.push(p.item);
-                }
-            } else {
-                i += 1;
-            }
-        }
-        if list.is_empty() {
-            self.by_thread.remove(&key);
-        }
-    }
-
-    /// Moves to `out` the items whose wait ended at or before `now_ns`, oldest first.
-    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<T>) {
-        while let Some(entry) = self.by_expiry.first_entry() {
-            if entry.key().0 > now_ns {
-                break;
-            }
-            let ((_, seq), key) = entry.remove_entry();
-            self.take(key, seq, out);
-        }
-    }
-
-    /// Moves everything to `out` (shutdown), oldest expiry first.
-    pub fn drain(&mut self, out: &mut Vec<T>) {
-        self.expire(u64::MAX, out);
-    }
-
-    fn take(&mut self, key: ThreadKey, seq: u64, out: &mut Vec<T>) {
-        if let Some(list) = self.by_thread.get_mut(&key) {
-            if let Some(p) = list
-                .iter()
-                .position(|p| p.seq == seq)
-                .and_then(|i| list.remove(i))
-            {
-                out.push(p.item);
-            }
-            if list.is_empty() {
-                self.by_thread.remove(&key);
-            }
-        }
-    }
 }
 
 /// `key=value` pairs separated by commas, values percent-encoded: the format of
@@ -680,7 +550,7 @@ mod tests {
         HttpCall {
             role,
             tgid: 10,
-            tid: 11,
+            parent: None,
             method: Method::Get,
             path: "/posts/42".into(),
             host: Some("acme.platform.example".into()),
@@ -914,83 +784,6 @@ mod tests {
         assert_eq!(odd.to_system_time(0), UNIX_EPOCH);
         let before = MonoToUnix::from_readings(0, UNIX_EPOCH - Duration::from_secs(1));
         assert_eq!(before.to_system_time(0), UNIX_EPOCH);
-    }
-
-    #[test]
-    fn pending_clients_are_claimed_by_the_enclosing_server_on_their_thread() {
-        let mut p = PendingClients::new(Duration::from_secs(2), 10);
-        p.push((1, 1), 100, 200, "a").unwrap();
-        p.push((1, 1), 300, 400, "b").unwrap();
-        p.push((1, 2), 150, 250, "other thread").unwrap();
-        p.push((2, 1), 150, 250, "other process").unwrap();
-        p.push((1, 1), 5_000, 6_000, "later").unwrap();
-        let mut out = Vec::new();
-        p.claim((1, 1), 90, 1_000, &mut out);
-        assert_eq!(out, ["a", "b"]);
-        assert_eq!(p.len(), 3);
-        out.clear();
-        // The window is inclusive at both ends.
-        p.claim((1, 1), 5_000, 5_000, &mut out);
-        assert_eq!(out, ["later"]);
-        out.clear();
-        p.claim((1, 1), 0, u64::MAX, &mut out);
-        assert!(out.is_empty());
-        assert_eq!(p.len(), 2);
-    }
-
-    #[test]
-    fn pending_clients_expire_after_the_wait_and_are_bounded() {
-        let wait = Duration::from_secs(2);
-        let mut p = PendingClients::new(wait, 3);
-        p.push((1, 1), 0, 1_000, 1).unwrap();
-        p.push((1, 2), 0, 500, 2).unwrap();
-        p.push((1, 1), 0, 3_000, 3).unwrap();
-        assert_eq!(p.push((1, 3), 0, 10, 4), Err(4), "full");
-        let mut out = Vec::new();
-        p.expire(2_000_000_499, &mut out);
-        assert!(out.is_empty());
-        p.expire(2_000_001_000, &mut out);
-        assert_eq!(out, [2, 1], "oldest expiry first");
-        assert_eq!(p.len(), 1);
-        p.push((1, 3), 0, 10, 4).expect("room again");
-        // Claimed items do not expire later.
-        p.claim((1, 3), 0, 10, &mut out);
-        assert_eq!(out, [2, 1, 4]);
-        out.clear();
-        p.drain(&mut out);
-        assert_eq!(out, [3]);
-        assert!(p.is_empty());
-        assert!(p.by_thread.is_empty(), "no empty per-thread lists left");
-
-        for (wait, max) in [(Duration::ZERO, 10), (wait, 0)] {
-            let mut off = PendingClients::new(wait, max);
-            assert!(!off.enabled());
-            assert_eq!(off.push((1, 1), 0, 1, 9), Err(9));
-        }
-    }
-
-    #[test]
-    fn pending_clients_stay_bounded_under_churn() {
-        let mut p = PendingClients::new(Duration::from_nanos(100), 64);
-        let mut out = Vec::new();
-        let mut rejected = 0;
-        for i in 0..100_000u64 {
-            let key = ((i % 7) as u32, (i % 13) as u32);
-            if p.push(key, i, i, i).is_err() {
-                rejected += 1;
-            }
-            if i % 3 == 0 {
-                p.claim(key, i.saturating_sub(5), i, &mut out);
-            }
-            p.expire(i.saturating_sub(50), &mut out);
-            assert!(p.len() <= 64);
-            assert_eq!(
-                p.len(),
-                p.by_thread.values().map(VecDeque::len).sum::<usize>()
-            );
-        }
-        p.drain(&mut out);
-        assert_eq!(out.len() + rejected, 100_000, "every item comes out once");
     }
 
     #[test]

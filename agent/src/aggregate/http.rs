@@ -38,10 +38,10 @@ use crate::{
         trace,
     },
     otlp::{Outcome, SpanMetrics, SpanSink, Unparented},
+    parenting::{ParentKind, PendingClients, ServerExchange, Serving, confirm},
+    probes::http::ExchangeRecord,
     sli_export::{SliAccumulator, SliInterval},
-    spans::{
-        self, AgentSpan, HttpCall, MonoToUnix, Parent, PendingClients, SpanOptions, TraceDecision,
-    },
+    spans::{self, AgentSpan, HttpCall, MonoToUnix, Parent, SpanOptions, TraceDecision},
     workload::{Origin, PodMeta},
 };
 use tenantscope_agent_common::http::{RequestCounts, RequestKey};
@@ -192,6 +192,24 @@ impl Default for HttpMetrics {
     }
 }
 
+/// What the pipeline asks about the process a record came from. A closure naming the
+/// workload is one (for a process of no M:N runtime).
+pub trait ProcessView {
+    /// Its workload label and pod.
+    fn origin(&mut self, tgid: u32) -> Origin;
+    /// Whether it runs many tasks on each OS thread (an M:N runtime such as Go's): then the
+    /// thread a call is made on says nothing about the request it serves.
+    fn multitasks(&mut self, _tgid: u32) -> bool {
+        false
+    }
+}
+
+impl<F: FnMut(u32) -> Origin> ProcessView for F {
+    fn origin(&mut self, tgid: u32) -> Origin {
+        self(tgid)
+    }
+}
+
 /// How [`HttpPipeline::with_spans`] makes spans.
 pub struct SpanSetup {
     /// Sampler and parenting bounds (`SpanOptions::from_config(&cfg.otlp)`).
@@ -222,8 +240,9 @@ pub struct HttpPipeline {
     /// `None` until `with_spans`: exemplars are then stamped with the time they are recorded.
     clock: Option<MonoToUnix>,
     scope: InstrumentationScope,
-    /// Client exchanges waiting for the server exchange of their thread.
+    /// Client exchanges waiting for the server exchange they name (see [`crate::parenting`]).
     pending: PendingClients<HttpCall>,
+    claimed: Vec<(u64, HttpCall)>,
     /// Latest kernel time seen (response starts) or given to `tick`.
     now_ns: u64,
     out: Vec<Output>,
@@ -267,6 +286,7 @@ impl HttpPipeline {
             now_ns: 0,
             out: Vec::new(),
             calls: Vec::new(),
+            claimed: Vec::new(),
             sli: None,
         }
     }
@@ -319,7 +339,7 @@ impl HttpPipeline {
         self.clock = Some(clock);
     }
 
-    /// Releases, as root spans, the client exchanges whose wait for a parent ended by
+    /// Releases, as root spans, the client exchanges whose wait for their parent ended by
     /// `now_mono_ns` (kernel monotonic ns, [`crate::otlp::monotonic_now_ns`]). Records do this
     /// too; call it on a timer (e.g. every poll) so they also leave when traffic stops.
     pub fn tick(&mut self, now_mono_ns: u64) {
@@ -334,9 +354,14 @@ impl HttpPipeline {
         self.pending.drain(&mut calls);
         for call in calls.drain(..) {
             self.span_metrics.unparented(Unparented::Shutdown);
-            self.finish_root(call);
+            self.finish_root(call, ParentKind::Unconfirmed);
         }
         self.calls = calls;
+    }
+
+    /// Forgets what is kept per workload label for labels that expired.
+    pub fn drop_workloads(&mut self, expired: &[Arc<str>]) {
+        self.span_metrics.forget_workloads(expired);
     }
 
     /// Client exchanges waiting for a parent.
@@ -344,42 +369,35 @@ impl HttpPipeline {
         self.pending.len()
     }
 
-    /// One kernel record. `label_of(tgid)` names the workload; `now` maps kernel times (ns,
-    /// CLOCK_MONOTONIC) to wall time for exemplar timestamps.
-    #[allow(clippy::too_many_arguments)]
-    pub fn on_record(
-        &mut self,
-        conn: u64,
-        role: Role,
-        tgid: u32,
-        tid: u32,
-        request: &[u8],
-        response: &[u8],
-        req_ts: u64,
-        resp_ts: u64,
-        label_of: impl FnMut(u32) -> Origin,
-    ) {
+    /// One kernel record; `procs` names its process's workload (and says whether it runs an
+    /// M:N runtime).
+    pub fn on_record(&mut self, r: &ExchangeRecord<'_>, mut procs: impl ProcessView) {
         let mut out = std::mem::take(&mut self.out);
         self.pairer.on_record(
-            conn, role, tgid, tid, request, response, req_ts, resp_ts, &mut out,
+            r.conn, r.role, r.tgid, r.tid, r.request, r.response, r.req_ts, r.resp_ts, &mut out,
         );
-        self.apply(&mut out, label_of);
+        self.apply(&mut out, &mut procs, r.serving);
         self.out = out;
     }
 
-    pub fn on_close(&mut self, conn: u64, at: u64, label_of: impl FnMut(u32) -> Origin) {
+    pub fn on_close(&mut self, conn: u64, at: u64, mut procs: impl ProcessView) {
         let mut out = std::mem::take(&mut self.out);
         self.pairer.on_close(conn, at, &mut out);
-        self.apply(&mut out, label_of);
+        self.apply(&mut out, &mut procs, Serving::Nothing);
         self.out = out;
     }
 
-    fn apply(&mut self, out: &mut Vec<Output>, mut label_of: impl FnMut(u32) -> Origin) {
+    /// `serving`: what the thread of the record's client requests served when they began.
+    fn apply(&mut self, out: &mut Vec<Output>, procs: &mut impl ProcessView, serving: Serving) {
         for o in out.drain(..) {
             match o {
                 Output::Exchange(x) => {
-                    let origin = label_of(x.tgid);
-                    self.exchange(x, origin);
+                    let origin = procs.origin(x.tgid);
+                    let serving = match serving {
+                        Serving::One { .. } if procs.multitasks(x.tgid) => Serving::Many,
+                        s => s,
+                    };
+                    self.exchange(x, origin, serving);
                 }
                 Output::WebSocketOpened {
                     role,
@@ -387,7 +405,7 @@ impl HttpPipeline {
                     request,
                     ..
                 } => {
-                    let labels = self.ws_labels(role, tgid, &request, &mut label_of);
+                    let labels = self.ws_labels(role, tgid, &request, procs);
                     self.metrics.ws_active.get_or_create(&labels).inc();
                 }
                 Output::WebSocketClosed {
@@ -397,7 +415,7 @@ impl HttpPipeline {
                     duration_ns,
                     ..
                 } => {
-                    let labels = self.ws_labels(role, tgid, &request, &mut label_of);
+                    let labels = self.ws_labels(role, tgid, &request, procs);
                     self.metrics.ws_active.get_or_create(&labels).dec();
                     self.metrics
                         .ws_duration
@@ -437,9 +455,9 @@ impl HttpPipeline {
         role: Role,
         tgid: u32,
         request: &crate::http::parse::RequestHead,
-        label_of: &mut impl FnMut(u32) -> Origin,
+        procs: &mut impl ProcessView,
     ) -> WsLabels {
-        let origin = label_of(tgid);
+        let origin = procs.origin(tgid);
         WsLabels {
             side: side(role),
             tenant: self.tenant(request, origin.pod.as_deref()).to_string(),
@@ -447,7 +465,7 @@ impl HttpPipeline {
         }
     }
 
-    fn exchange(&mut self, x: Exchange, origin: Origin) {
+    fn exchange(&mut self, x: Exchange, origin: Origin, serving: Serving) {
         let Origin { workload, pod } = origin;
         // An agent's own span export (seen at a receiver on this node): never the agent itself.
         if x.request
@@ -463,10 +481,11 @@ impl HttpPipeline {
         let incoming = trace::incoming(x.request.traceparent.as_deref(), None);
         let state = incoming.map(|_| spans::trace_state(x.request.tracestate.as_deref()));
         self.now_ns = self.now_ns.max(x.end_ns);
-        let call = HttpCall {
+        let (conn, pipelined) = (x.conn, x.pipelined);
+        let mut call = HttpCall {
             role: x.role,
             tgid: x.tgid,
-            tid: x.tid,
+            parent: None,
             method: x.request.method,
             path: x.request.path,
             host: x.request.host,
@@ -496,42 +515,54 @@ impl HttpPipeline {
             (Role::Server, parent) => {
                 let parent = parent.unwrap_or(Parent::Root);
                 let server = spans::decide(&self.sampler, &self.ids, parent, SpanKind::Server);
-                let mut calls = std::mem::take(&mut self.calls);
-                self.pending.claim(
-                    (call.tgid, call.tid),
-                    call.start_ns,
-                    call.end_ns,
-                    &mut calls,
-                );
+                let mut claimed = std::mem::take(&mut self.claimed);
+                self.pending
+                    .claim((call.tgid, conn, call.start_ns), &mut claimed);
+                let exchange = ServerExchange {
+                    start_ns: call.start_ns,
+                    end_ns: call.end_ns,
+                    pipelined,
+                };
                 self.finish(call, &server);
-                for client in calls.drain(..) {
-                    let d = spans::decide(
-                        &self.sampler,
-                        &self.ids,
-                        Parent::Local(&server),
-                        SpanKind::Client,
-                    );
-                    self.finish(client, &d);
+                for (start_ns, mut client) in claimed.drain(..) {
+                    match confirm(exchange, start_ns) {
+                        ParentKind::Exact => {
+                            let d = spans::decide(
+                                &self.sampler,
+                                &self.ids,
+                                Parent::Local(&server),
+                                SpanKind::Client,
+                            );
+                            client.parent = Some(ParentKind::Exact);
+                            self.finish(client, &d);
+                        }
+                        kind => self.finish_root(client, kind),
+                    }
                 }
-                self.calls = calls;
+                self.claimed = claimed;
             }
             // The application propagated context itself: that wins over the thread rule.
             (Role::Client, Some(parent)) => {
                 let d = spans::decide(&self.sampler, &self.ids, parent, SpanKind::Client);
+                call.parent = Some(ParentKind::Traceparent);
                 self.finish(call, &d);
             }
-            (Role::Client, None) if !self.pending.enabled() => {
-                self.span_metrics.unparented(Unparented::NoServerSpan);
-                self.finish_root(call);
-            }
-            (Role::Client, None) => {
-                let key = (call.tgid, call.tid);
-                let (start, end) = (call.start_ns, call.end_ns);
-                if let Err(call) = self.pending.push(key, start, end, call) {
-                    self.span_metrics.unparented(Unparented::BufferFull);
-                    self.finish_root(call);
+            (Role::Client, None) => match serving {
+                Serving::Nothing => self.finish_root(call, ParentKind::None),
+                Serving::Many => self.finish_root(call, ParentKind::Ambiguous),
+                Serving::One { .. } if !self.pending.enabled() => {
+                    self.span_metrics.unparented(Unparented::NoServerSpan);
+                    self.finish_root(call, ParentKind::Unconfirmed);
                 }
-            }
+                Serving::One { conn, req_ts } => {
+                    let key = (call.tgid, conn, req_ts);
+                    let (start, end) = (call.start_ns, call.end_ns);
+                    if let Err(call) = self.pending.push(key, start, end, call) {
+                        self.span_metrics.unparented(Unparented::BufferFull);
+                        self.finish_root(call, ParentKind::Unconfirmed);
+                    }
+                }
+            },
         }
         self.expire();
     }
@@ -542,17 +573,15 @@ impl HttpPipeline {
         self.pending.expire(self.now_ns, &mut calls);
         for call in calls.drain(..) {
             self.span_metrics.unparented(Unparented::NoServerSpan);
-            self.finish_root(call);
+            self.finish_root(call, ParentKind::Unconfirmed);
         }
         self.calls = calls;
     }
 
-    fn finish_root(&mut self, call: HttpCall) {
-        let kind = match call.role {
-            Role::Server => SpanKind::Server,
-            Role::Client => SpanKind::Client,
-        };
-        let d = spans::decide(&self.sampler, &self.ids, Parent::Root, kind);
+    /// A client exchange as the root of its own trace, saying why.
+    fn finish_root(&mut self, mut call: HttpCall, why: ParentKind) {
+        let d = spans::decide(&self.sampler, &self.ids, Parent::Root, SpanKind::Client);
+        call.parent = Some(why);
         self.finish(call, &d);
     }
 
@@ -560,6 +589,9 @@ impl HttpPipeline {
     /// and its span.
     fn finish(&mut self, call: HttpCall, d: &TraceDecision) {
         self.observe(&call, d);
+        if let Some(kind) = call.parent {
+            self.span_metrics.client_span(kind, &call.workload);
+        }
         let Some(sink) = &self.sink else {
             return;
         };
@@ -699,6 +731,7 @@ fn side(role: Role) -> &'static str {
 mod tests {
     use super::*;
     use crate::http::{route::RoutesConfig, tenant::TenantConfig};
+    use crate::probes::http::ExchangeRecord;
     use opentelemetry::trace::SpanKind;
 
     fn queued(task: &mut crate::otlp::SpanExporterTask) -> Vec<crate::spans::AgentSpan> {
@@ -742,25 +775,29 @@ mod tests {
             "GET /posts/42?secret=1 HTTP/1.1\r\nHost: x\r\nX-Tenant-ID: acme\r\ntraceparent: {tp}\r\n\r\n"
         );
         p.on_record(
-            1,
-            Role::Server,
-            7,
-            7,
-            req.as_bytes(),
-            b"HTTP/1.1 200 OK\r\n\r\n",
-            1_000_000,
-            21_000_000,
+            &ExchangeRecord::test(
+                1,
+                Role::Server,
+                7,
+                7,
+                req.as_bytes(),
+                b"HTTP/1.1 200 OK\r\n\r\n",
+                1_000_000,
+                21_000_000,
+            ),
             label,
         );
         p.on_record(
-            2,
-            Role::Server,
-            7,
-            7,
-            b"POST /posts HTTP/1.1\r\nHost: x\r\n\r\n",
-            b"HTTP/1.1 503 Busy\r\n\r\n",
-            0,
-            1_000,
+            &ExchangeRecord::test(
+                2,
+                Role::Server,
+                7,
+                7,
+                b"POST /posts HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"HTTP/1.1 503 Busy\r\n\r\n",
+                0,
+                1_000,
+            ),
             label,
         );
         let text = encode(&m);
@@ -817,19 +854,39 @@ mod tests {
         s
     }
 
-    /// A client exchange of thread (7, `tid`) from `start` to `end` ms, with `extra` headers.
+    /// A client exchange of thread (7, `tid`) from `start` to `end` ms, with `extra` headers,
+    /// begun while its thread served the request of connection `tid` read at 1 ms.
     fn client(p: &mut HttpPipeline, tid: u32, start: u64, end: u64, extra: &str) {
+        let serving = Serving::One {
+            conn: u64::from(tid),
+            req_ts: 1_000_000,
+        };
+        client_serving(p, tid, start, end, extra, serving, |_| Origin::host("api"));
+    }
+
+    fn client_serving(
+        p: &mut HttpPipeline,
+        tid: u32,
+        start: u64,
+        end: u64,
+        extra: &str,
+        serving: Serving,
+        procs: impl ProcessView,
+    ) {
         let req = format!("GET /users/9 HTTP/1.1\r\nHost: users\r\n{extra}\r\n");
         p.on_record(
-            u64::from(tid) * 100 + start,
-            Role::Client,
-            7,
-            tid,
-            req.as_bytes(),
-            b"HTTP/1.1 200 OK\r\n\r\n",
-            start * 1_000_000,
-            end * 1_000_000,
-            |_| Origin::host("api"),
+            &ExchangeRecord::test(
+                u64::from(tid) * 100 + start,
+                Role::Client,
+                7,
+                tid,
+                req.as_bytes(),
+                b"HTTP/1.1 200 OK\r\n\r\n",
+                start * 1_000_000,
+                end * 1_000_000,
+            )
+            .serving(serving),
+            procs,
         );
     }
 
@@ -838,14 +895,16 @@ mod tests {
             "GET /posts/1 HTTP/1.1\r\nX-Tenant-ID: acme\r\ntraceparent: 00-{TRACE_ID}-{PARENT_ID}-{flags}\r\n\r\n"
         );
         p.on_record(
-            u64::from(tid),
-            Role::Server,
-            7,
-            tid,
-            req.as_bytes(),
-            b"HTTP/1.1 200 OK\r\n\r\n",
-            start * 1_000_000,
-            end * 1_000_000,
+            &ExchangeRecord::test(
+                u64::from(tid),
+                Role::Server,
+                7,
+                tid,
+                req.as_bytes(),
+                b"HTTP/1.1 200 OK\r\n\r\n",
+                start * 1_000_000,
+                end * 1_000_000,
+            ),
             |_| Origin::host("api"),
         );
     }
@@ -965,20 +1024,126 @@ mod tests {
         assert!(!text.contains("trace_id"), "{text}");
     }
 
+    /// The `tenantscope.parent` attribute of a span.
+    fn parent_attr(d: &opentelemetry_sdk::trace::SpanData) -> Option<String> {
+        d.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == "tenantscope.parent")
+            .map(|kv| kv.value.to_string())
+    }
+
+    #[test]
+    fn clients_without_a_single_candidate_are_roots_at_once_and_say_why() {
+        let (mut p, _m, sm, mut task) = with_spans(100);
+        let api = |_| Origin::host("api");
+        client_serving(&mut p, 7, 2, 4, "", Serving::Nothing, api);
+        client_serving(&mut p, 8, 2, 4, "", Serving::Many, api);
+        // One candidate, but the process runs goroutines: its threads prove nothing.
+        struct Go;
+        impl ProcessView for Go {
+            fn origin(&mut self, _: u32) -> Origin {
+                Origin::host("api")
+            }
+            fn multitasks(&mut self, _: u32) -> bool {
+                true
+            }
+        }
+        let one = Serving::One {
+            conn: 9,
+            req_ts: 1_000_000,
+        };
+        client_serving(&mut p, 9, 2, 4, "", one, Go);
+        assert_eq!(p.pending_client_spans(), 0, "none of them waits");
+        // Its would-be parent arrives and claims nothing.
+        server(&mut p, 9, 1, 21, "01");
+        let spans = queued(&mut task);
+        let clients = by_kind(&spans, SpanKind::Client);
+        assert_eq!(clients.len(), 3);
+        for c in &clients {
+            assert_eq!(c.parent_span_id, opentelemetry::trace::SpanId::INVALID);
+        }
+        let attrs: Vec<_> = clients.iter().map(|c| parent_attr(c)).collect();
+        assert_eq!(
+            attrs,
+            [
+                Some("none".to_owned()),
+                Some("ambiguous".to_owned()),
+                Some("ambiguous".to_owned())
+            ]
+        );
+        assert_eq!(sm.client_spans(ParentKind::None, "api"), 1);
+        assert_eq!(sm.client_spans(ParentKind::Ambiguous, "api"), 2);
+        assert_eq!(sm.client_spans(ParentKind::Exact, "api"), 0);
+        let server_span = by_kind(&spans, SpanKind::Server)[0];
+        assert_eq!(
+            parent_attr(server_span),
+            None,
+            "server spans carry no verdict"
+        );
+    }
+
+    #[test]
+    fn a_claimed_candidate_is_confirmed_against_its_server_exchange() {
+        let (mut p, _m, sm, mut task) = with_spans(100);
+        // Exact: began within the server exchange (1..21 ms).
+        client(&mut p, 7, 2, 4, "");
+        server(&mut p, 7, 1, 21, "01");
+        // Began after its candidate's response (the count dropped just after it looked).
+        client(&mut p, 8, 25, 26, "");
+        server(&mut p, 8, 1, 21, "01");
+        // A pipelined pair on connection 10: two requests in flight.
+        let one = Serving::One {
+            conn: 10,
+            req_ts: 1_000_000,
+        };
+        client_serving(&mut p, 10, 2, 4, "", one, |_| Origin::host("api"));
+        let pair = b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n";
+        p.on_record(
+            &ExchangeRecord::test(
+                10,
+                Role::Server,
+                7,
+                10,
+                pair,
+                b"HTTP/1.1 200 OK\r\n\r\n",
+                1_000_000,
+                21_000_000,
+            ),
+            |_| Origin::host("api"),
+        );
+        assert_eq!(p.pending_client_spans(), 0);
+        let spans = queued(&mut task);
+        let clients = by_kind(&spans, SpanKind::Client);
+        let servers = by_kind(&spans, SpanKind::Server);
+        assert_eq!((clients.len(), servers.len()), (3, 3));
+        assert_eq!(clients[0].parent_span_id, servers[0].span_context.span_id());
+        assert_eq!(parent_attr(clients[0]).as_deref(), Some("exact"));
+        for (c, why) in [(clients[1], "none"), (clients[2], "ambiguous")] {
+            assert_eq!(c.parent_span_id, opentelemetry::trace::SpanId::INVALID);
+            assert_eq!(parent_attr(c).as_deref(), Some(why));
+        }
+        assert_eq!(sm.client_spans(ParentKind::Exact, "api"), 1);
+        // A workload whose label expired forgets its counts.
+        p.drop_workloads(&["api".into()]);
+        assert_eq!(sm.client_spans(ParentKind::Exact, "api"), 0);
+    }
+
     #[test]
     fn series_cap_is_counted() {
         let (mut p, m) = pipeline(1);
         for (i, t) in ["a", "b", "c"].iter().enumerate() {
             let req = format!("GET / HTTP/1.1\r\nX-Tenant-ID: {t}\r\n\r\n");
             p.on_record(
-                i as u64,
-                Role::Server,
-                1,
-                1,
-                req.as_bytes(),
-                b"HTTP/1.1 200 OK\r\n\r\n",
-                0,
-                1,
+                &ExchangeRecord::test(
+                    i as u64,
+                    Role::Server,
+                    1,
+                    1,
+                    req.as_bytes(),
+                    b"HTTP/1.1 200 OK\r\n\r\n",
+                    0,
+                    1,
+                ),
                 |_| Origin::host("w"),
             );
         }

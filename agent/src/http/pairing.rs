@@ -43,6 +43,8 @@ pub struct Exchange {
     pub start_ns: u64,
     /// When the response began.
     pub end_ns: u64,
+    /// Its request came in one record with others (pipelining): they were in flight together.
+    pub pipelined: bool,
 }
 
 /// What pairing produced.
@@ -131,6 +133,7 @@ pub struct PairingStats {
 struct Pending {
     request: RequestHead,
     start_ns: u64,
+    pipelined: bool,
 }
 
 /// Per connection with requests waiting.
@@ -259,6 +262,7 @@ impl Pairer {
             RequestInput::Heads(heads) => {
                 // A new request: whatever still waits had its response in an earlier write.
                 self.drain(conn, &mut state, UnpairedReason::Superseded, out);
+                let pipelined = heads.len() > 1;
                 let mut heads = heads.into_iter();
                 let first = heads.next();
                 for request in heads {
@@ -269,12 +273,14 @@ impl Pairer {
                         state.pending.push_back(Pending {
                             request,
                             start_ns: req_ts,
+                            pipelined,
                         });
                     }
                 }
                 first.map(|request| Pending {
                     request,
                     start_ns: req_ts,
+                    pipelined,
                 })
             }
             RequestInput::Unreadable => {
@@ -325,6 +331,7 @@ impl Pairer {
                 status: response.status,
                 start_ns: current.start_ns,
                 end_ns: resp_ts,
+                pipelined: current.pipelined,
             }));
         }
         self.put(conn, state, out);

@@ -13,6 +13,7 @@ use tenantscope_agent_common::http::{
 
 use super::{ProbeError, btf::Btf, take_map};
 pub use crate::http::pairing::Role;
+use crate::parenting::Serving;
 
 pub const NAME: &str = "http";
 
@@ -108,23 +109,62 @@ impl HttpProbe {
     }
 }
 
-/// A decoded record; `request` and `response` borrow from the ring-buffer item.
+/// A response began: the request bytes stashed since `req_ts` and the first response bytes;
+/// `request` and `response` borrow from the ring-buffer item.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Record<'a> {
-    Exchange {
+pub struct ExchangeRecord<'a> {
+    pub conn: u64,
+    pub role: Role,
+    pub tgid: u32,
+    /// The thread that wrote the response (server) or read it (client).
+    pub tid: u32,
+    pub req_ts: u64,
+    pub resp_ts: u64,
+    /// Client records: what the calling thread served when the request began.
+    pub serving: Serving,
+    pub request: &'a [u8],
+    pub response: &'a [u8],
+}
+
+#[cfg(test)]
+impl<'a> ExchangeRecord<'a> {
+    /// A record whose calling thread served nothing (see [`Self::serving`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn test(
         conn: u64,
         role: Role,
         tgid: u32,
         tid: u32,
-        req_ts: u64,
-        resp_ts: u64,
         request: &'a [u8],
         response: &'a [u8],
-    },
-    UpgradedClose {
-        conn: u64,
-        at: u64,
-    },
+        req_ts: u64,
+        resp_ts: u64,
+    ) -> Self {
+        Self {
+            conn,
+            role,
+            tgid,
+            tid,
+            req_ts,
+            resp_ts,
+            serving: Serving::Nothing,
+            request,
+            response,
+        }
+    }
+
+    /// The same record with what its thread served.
+    pub fn serving(mut self, serving: Serving) -> Self {
+        self.serving = serving;
+        self
+    }
+}
+
+/// A decoded record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record<'a> {
+    Exchange(ExchangeRecord<'a>),
+    UpgradedClose { conn: u64, at: u64 },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -139,6 +179,8 @@ pub enum DecodeError {
     Role(u8),
     #[error("captured length {0} exceeds its window")]
     Length(u16),
+    #[error("unknown parent kind {0}")]
+    Parent(u8),
 }
 
 /// Decodes one record (its used length: header, request bytes, response bytes). Pure; never
@@ -156,7 +198,8 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
     // Offsets of HttpEvent's fields (layout asserted in agent-common).
     let (kind, ts) = (u32_at(0), u64_at(8));
     let (conn, req_ts, tgid, tid) = (u64_at(16), u64_at(24), u32_at(32), u32_at(36));
-    let (role, req_len, resp_len) = (bytes[44], u16_at(46), u16_at(48));
+    let (role, parent, req_len, resp_len) = (bytes[44], bytes[45], u16_at(46), u16_at(48));
+    let (parent_conn, parent_ts) = (u64_at(56), u64_at(64));
     match kind {
         UPGRADED_CLOSE_KIND => Ok(Record::UpgradedClose { conn, at: ts }),
         EXCHANGE_KIND => {
@@ -180,16 +223,19 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
                     resp: resp_len,
                 });
             }
-            Ok(Record::Exchange {
+            let serving = Serving::from_kernel(parent, parent_conn, parent_ts)
+                .map_err(DecodeError::Parent)?;
+            Ok(Record::Exchange(ExchangeRecord {
                 conn,
                 role,
                 tgid,
                 tid,
                 req_ts,
                 resp_ts: ts,
+                serving,
                 request: &bytes[HEADER_BYTES..resp_at],
                 response: &bytes[resp_at..end],
-            })
+            }))
         }
         k => Err(DecodeError::Kind(k)),
     }
@@ -203,6 +249,16 @@ mod tests {
 
     /// A record as the kernel sends it: header, request bytes, response bytes right after.
     fn record(kind: u32, role: u8, req: &[u8], resp: &[u8]) -> Vec<u8> {
+        record_with(kind, role, req, resp, |_| {})
+    }
+
+    fn record_with(
+        kind: u32,
+        role: u8,
+        req: &[u8],
+        resp: &[u8],
+        edit: impl FnOnce(&mut HttpEvent),
+    ) -> Vec<u8> {
         // SAFETY: all-zero is a valid HttpEvent (plain integers and arrays).
         let mut ev: HttpEvent = unsafe { core::mem::zeroed() };
         ev.header.kind = kind;
@@ -215,6 +271,7 @@ mod tests {
         ev.role = role;
         ev.req_len = req.len() as u16;
         ev.resp_len = resp.len() as u16;
+        edit(&mut ev);
         // SAFETY: plain data viewed as bytes.
         let header =
             unsafe { std::slice::from_raw_parts((&raw const ev).cast::<u8>(), HEADER_BYTES) };
@@ -231,17 +288,35 @@ mod tests {
         );
         assert_eq!(
             decode(&raw),
-            Ok(Record::Exchange {
+            Ok(Record::Exchange(ExchangeRecord {
                 conn: 77,
                 role: Role::Server,
                 tgid: 5,
                 tid: 6,
                 req_ts: 100,
                 resp_ts: 900,
+                serving: Serving::Nothing,
                 request: b"GET / HTTP/1.1\r\n",
                 response: b"HTTP/1.1 200",
-            })
+            }))
         );
+        let raw = record_with(EXCHANGE_KIND, ROLE_CLIENT, b"GET", b"HTTP/1.1 204", |ev| {
+            ev.parent = tenantscope_agent_common::http::PARENT_ONE;
+            ev.parent_conn = 41;
+            ev.parent_ts = 42;
+        });
+        let Ok(Record::Exchange(r)) = decode(&raw) else {
+            panic!("a client exchange");
+        };
+        assert_eq!(r.role, Role::Client);
+        assert_eq!(
+            r.serving,
+            Serving::One {
+                conn: 41,
+                req_ts: 42
+            }
+        );
+        assert_eq!((r.request, r.response), (&b"GET"[..], &b"HTTP/1.1 204"[..]));
         let raw = record(UPGRADED_CLOSE_KIND, ROLE_CLIENT, b"", b"");
         assert_eq!(
             decode(&raw),
@@ -261,7 +336,7 @@ mod tests {
         cut.pop();
         assert!(matches!(decode(&cut), Err(DecodeError::Truncated { .. })));
         // Arbitrary bytes decode or fail, never panic.
-        for len in [56, 57, 100, 1336, 2000] {
+        for len in [56, 72, 73, 100, 1352, 2000] {
             for seed in 0u8..32 {
                 let junk: Vec<u8> = (0..len)
                     .map(|i| (i as u8).wrapping_mul(29) ^ seed)
@@ -279,6 +354,12 @@ mod tests {
         assert_eq!(
             decode(&record(99, ROLE_SERVER, b"", b"")),
             Err(DecodeError::Kind(99))
+        );
+        assert_eq!(
+            decode(&record_with(EXCHANGE_KIND, ROLE_CLIENT, b"", b"", |ev| {
+                ev.parent = 7;
+            })),
+            Err(DecodeError::Parent(7))
         );
     }
 

@@ -11,6 +11,7 @@ pub mod k8s;
 pub mod listeners;
 pub mod pods;
 pub mod procfs;
+pub mod runtime;
 
 use std::{
     sync::Arc,
@@ -115,6 +116,8 @@ struct ProcEntry {
     label: Option<Arc<str>>,
     /// Set when the process exited; the entry stays until its last counts were folded.
     exited: bool,
+    /// Read from its executable the first time it is asked for (reset by exec).
+    runtime: Option<runtime::Runtime>,
 }
 
 #[derive(Debug)]
@@ -270,6 +273,7 @@ impl ProcessTable {
                         pod: None,
                         label: None,
                         exited: false,
+                        runtime: None,
                     },
                 );
                 (Workload::Unknown.label(), false)
@@ -310,8 +314,22 @@ impl ProcessTable {
                 pod,
                 label: None,
                 exited: false,
+                runtime: None,
             },
         );
+    }
+
+    /// The runtime of a known process, once read (see [`Self::set_runtime`]).
+    pub fn runtime(&self, tgid: u32) -> Option<runtime::Runtime> {
+        self.procs.get(&tgid).and_then(|e| e.runtime)
+    }
+
+    /// Remembers what `tgid` runs (`None`: forget it, after an exec); ignored for an unknown
+    /// process.
+    pub fn set_runtime(&mut self, tgid: u32, runtime: Option<runtime::Runtime>) {
+        if let Some(e) = self.procs.get_mut(&tgid) {
+            e.runtime = runtime;
+        }
     }
 
     /// A new process inherits its parent's workload (same cgroup, same name until it execs).
