@@ -48,6 +48,9 @@ const APT_PACKAGES: &[&str] = &[
     "openssl",
     // SQLite's own integrity check of the store a SIGKILLed collector left (tests/faults.rs).
     "sqlite3",
+    // Go 1.19: the Go services of the span-parenting tests (built offline from the standard
+    // library by the tests).
+    "golang-go",
 ];
 
 /// The independent OTLP decoder the span tests use: PyPI `opentelemetry-proto` in a venv under
