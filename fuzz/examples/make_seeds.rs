@@ -33,7 +33,7 @@ use tenantscope_agent::sli_export::{SliAccumulator, encode_request};
 use tenantscope_agent::spans::ResourceBase;
 use tenantscope_agent_common::EventHeader;
 use tenantscope_agent_common::http::{
-    EXCHANGE_KIND, HEADER_BYTES, HttpEvent, ROLE_CLIENT, ROLE_SERVER, UPGRADED_CLOSE_KIND,
+    EXCHANGE_KIND, HEADER_BYTES, HttpEvent, PARENT_ONE, ROLE_CLIENT, ROLE_SERVER, UPGRADED_CLOSE_KIND,
 };
 use tenantscope_agent_common::process::{EXEC_KIND, EXIT_KIND, FORK_KIND, ProcessEvent};
 use tenantscope_agent_common::tcp::{
@@ -130,6 +130,12 @@ fn http_record(
     ev.role = role;
     ev.req_len = req.len() as u16;
     ev.resp_len = resp.len() as u16;
+    if role == ROLE_CLIENT {
+        // Made while serving the request of the connection before, read a millisecond earlier.
+        ev.parent = PARENT_ONE;
+        ev.parent_conn = conn.saturating_sub(1);
+        ev.parent_ts = ts.saturating_sub(1_000_000);
+    }
     let header = struct_bytes(&ev);
     [&header[..HEADER_BYTES], req, resp].concat()
 }

@@ -33,9 +33,9 @@ fuzz_target!(|data: &[u8]| {
     let mut http_ok = 0u64;
     for bytes in &records {
         match http::decode(bytes) {
-            Ok(http::Record::Exchange {
+            Ok(http::Record::Exchange(http::ExchangeRecord {
                 request, response, ..
-            }) => {
+            })) => {
                 http_ok += 1;
                 // The slices are the record's own bytes, within the kernel's windows.
                 assert!(request.len() <= REQ_WINDOW && response.len() <= RESP_WINDOW);
