@@ -968,14 +968,15 @@ pub struct OtlpConfig {
     /// Share of new traces the `*traceidratio` samplers keep, 0 to 1, decided from the trace id.
     /// Default `1.0`.
     pub sampler_arg: f64,
-    /// How long an outgoing request's span waits, after its response began, for the incoming
-    /// request it was made for (same thread, enclosing in time) to become its parent; after that
-    /// it is exported as a root span (counted). 0s to 1m; 0s turns the matching off.
+    /// How long an outgoing request's span waits, after its response began, for the one
+    /// incoming request its thread was serving (its candidate parent, see the README's "Trace
+    /// parents") to arrive and confirm it; after that it is exported as a root span
+    /// (`tenantscope.parent = "unconfirmed"`, counted). 0s to 1m; 0s turns parenting off.
     /// Default `2s`.
     #[serde(with = "humantime_serde")]
     pub client_parent_wait: Duration,
-    /// Outgoing requests' spans waiting for a parent; beyond it they are exported at once as
-    /// root spans (counted). 0 to 1000000. Default `4096`.
+    /// Outgoing requests' spans waiting for their candidate parent; beyond it they are exported
+    /// at once as root spans (counted). 0 to 1000000. Default `4096`.
     pub max_pending_client_spans: usize,
     /// Extra headers sent with every export request (e.g. an authorization token). Valid HTTP
     /// header names and values, at most 64. `OTEL_EXPORTER_OTLP_HEADERS` is merged over them.

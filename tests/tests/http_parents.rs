@@ -150,8 +150,9 @@ fn traced(name: &str, run: impl FnOnce()) -> (Vec<Span>, Metrics) {
     (spans, m)
 }
 
-/// How `service`'s client spans were parented; `own_server(client)` names the path of the
-/// server span that is rightly its parent. Panics on any wrong parent.
+/// How `service`'s calls (client spans whose path starts with `calls`) were parented;
+/// `own_server(path)` names the path of the server span that is rightly a call's parent.
+/// Panics on any wrong parent.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Verdicts {
     servers: usize,
@@ -162,7 +163,12 @@ struct Verdicts {
     unconfirmed: usize,
 }
 
-fn judge(spans: &[Span], service: &str, own_server: impl Fn(&str) -> String) -> Verdicts {
+fn judge(
+    spans: &[Span],
+    service: &str,
+    calls: &str,
+    own_server: impl Fn(&str) -> String,
+) -> Verdicts {
     let servers: HashMap<&str, &Span> = spans
         .iter()
         .filter(|s| s.service == service && s.kind == SERVER_KIND && s.path.starts_with("/r/"))
@@ -172,14 +178,11 @@ fn judge(spans: &[Span], service: &str, own_server: impl Fn(&str) -> String) -> 
         servers: servers.len(),
         ..Verdicts::default()
     };
+    // Not the load generator's own requests (python3 too): they are not made while serving.
     for c in spans
         .iter()
-        .filter(|s| s.service == service && s.kind == CLIENT_KIND)
+        .filter(|s| s.service == service && s.kind == CLIENT_KIND && s.path.starts_with(calls))
     {
-        // The load generator's own requests (python3 too) are not calls made while serving.
-        if !c.path.starts_with("/b/") && !(service == "nginx" && c.path.starts_with("/r/")) {
-            continue;
-        }
         v.clients += 1;
         match c.why.as_str() {
             "exact" => {
@@ -194,7 +197,10 @@ fn judge(spans: &[Span], service: &str, own_server: impl Fn(&str) -> String) -> 
                 v.exact += 1;
             }
             why => {
-                assert_eq!(c.parent, "", "{service}: a {why:?} client span has a parent: {c:?}");
+                assert_eq!(
+                    c.parent, "",
+                    "{service}: a {why:?} client span has a parent: {c:?}"
+                );
                 match why {
                     "ambiguous" => v.ambiguous += 1,
                     "none" => v.none += 1,
@@ -272,14 +278,18 @@ fn http_parents_thread_per_request_python_calls_are_exact() {
         kill(front);
         kill(backend);
     });
-    let v = judge(&spans, "python3", |c| c["/b".len()..].to_owned());
+    let v = judge(&spans, "python3", "/b/", |c| c["/b".len()..].to_owned());
     assert_eq!(
         (v.servers, v.clients, v.exact),
         (REQUESTS, REQUESTS, REQUESTS),
         "every call under its own server span: {v:?}"
     );
     let (exact, ..) = exported(&m, "python3");
-    assert!(exact >= REQUESTS as f64, "exported exact {exact}\n{}", m.raw);
+    assert!(
+        exact >= REQUESTS as f64,
+        "exported exact {exact}\n{}",
+        m.raw
+    );
 }
 
 #[test]
@@ -302,7 +312,7 @@ fn http_parents_nginx_reverse_proxy_is_never_wrong() {
     });
     let _ = std::fs::remove_dir_all(&dir);
     // nginx forwards the path as it is.
-    let v = judge(&spans, "nginx", str::to_owned);
+    let v = judge(&spans, "nginx", "/r/", str::to_owned);
     assert_eq!(
         (v.servers, v.clients),
         (REQUESTS, REQUESTS),
@@ -365,9 +375,12 @@ fn http_parents_pool_calls_on_other_threads_are_roots() {
         kill(front);
         kill(backend);
     });
-    let v = judge(&spans, "python3", |c| c["/b".len()..].to_owned());
+    let v = judge(&spans, "python3", "/b/", |c| c["/b".len()..].to_owned());
     assert_eq!((v.servers, v.clients), (REQUESTS, REQUESTS), "{v:?}");
-    assert_eq!(v.exact, 0, "calls on worker threads have no thread evidence: {v:?}");
+    assert_eq!(
+        v.exact, 0,
+        "calls on worker threads have no thread evidence: {v:?}"
+    );
 }
 
 /// A Go `net/http` service calling the backend through `http.Client` (its keep-alive pool).
@@ -450,7 +463,7 @@ fn http_parents_go_calls_are_never_wrong() {
         kill(backend);
     });
     let _ = std::fs::remove_dir_all(&dir);
-    let v = judge(&spans, "ts-go-front", |c| c["/b".len()..].to_owned());
+    let v = judge(&spans, "ts-go-front", "/b/", |c| c["/b".len()..].to_owned());
     assert_eq!((v.servers, v.clients), (REQUESTS, REQUESTS), "{v:?}");
     // Goroutines move between threads: the executable is recognised as Go and no call gets a
     // thread-based parent (a call on a thread serving nothing is `none`, as anywhere).
