@@ -33,7 +33,8 @@ use tenantscope_agent::sli_export::{SliAccumulator, encode_request};
 use tenantscope_agent::spans::ResourceBase;
 use tenantscope_agent_common::EventHeader;
 use tenantscope_agent_common::http::{
-    EXCHANGE_KIND, HEADER_BYTES, HttpEvent, PARENT_ONE, ROLE_CLIENT, ROLE_SERVER, UPGRADED_CLOSE_KIND,
+    EXCHANGE_KIND, HEADER_BYTES, HttpEvent, PARENT_ONE, ROLE_CLIENT, ROLE_SERVER,
+    UPGRADED_CLOSE_KIND,
 };
 use tenantscope_agent_common::process::{EXEC_KIND, EXIT_KIND, FORK_KIND, ProcessEvent};
 use tenantscope_agent_common::tcp::{
