@@ -543,9 +543,9 @@ struct Ids {
 fn serving_started(tgid: u32, tid: u32, conn_id: u64, req_ts: u64) -> u32 {
     if let Some(e) = HTTP_SERVING.get_ptr_mut(tid) {
         // SAFETY: live map value. Only this thread adds to its own entry and writes its
-        // identity; others only subtract (atomically), so a zero read here stays zero or the
-        // request that made it non-zero was answered in between (then the count is
-        // overstated, which only makes the process look multiplexing: never a wrong parent).
+        // identity; others only subtract (atomically). So a zero read here stays zero until the
+        // add below, and a non-zero one may drop to zero before it (a response on another
+        // thread): that only makes the process look multiplexing, never a wrong parent.
         unsafe {
             if core::ptr::read_volatile(&raw const (*e).in_flight) == 0 {
                 (*e).conn_id = conn_id;
