@@ -566,6 +566,57 @@ pub fn py_otlp() -> PathBuf {
     python
 }
 
+/// An OTLP/HTTP receiver written in Python (`script`, run with the OTLP decoder's venv) that
+/// prints its port first and then what it decodes. Its output is collected as it comes: a full
+/// pipe would stall the receiver and fail the agent's exports.
+pub struct PyReceiver {
+    child: Child,
+    output: Option<std::thread::JoinHandle<String>>,
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+}
+
+impl PyReceiver {
+    pub fn start(script: &str) -> PyReceiver {
+        use std::io::{BufRead as _, BufReader};
+        let mut child = Command::new(py_otlp())
+            .args(["-c", script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("receiver");
+        let mut out = BufReader::new(child.stdout.take().expect("piped"));
+        let mut port = String::new();
+        out.read_line(&mut port).expect("receiver port");
+        let output = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = out.read_to_string(&mut text);
+            text
+        });
+        PyReceiver {
+            child,
+            output: Some(output),
+            endpoint: format!("http://127.0.0.1:{}", port.trim()),
+        }
+    }
+
+    /// Stops the receiver; everything it printed after its port.
+    pub fn finish(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.output
+            .take()
+            .and_then(|o| o.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for PyReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Runs the load generator (file name = comm) to completion.
 pub fn run_load(bin: &std::path::Path, args: &[&str]) {
     let status = Command::new(bin).args(args).status().expect("spawn load");

@@ -2,13 +2,12 @@
 //! tenants, mixed statuses, keep-alive and fresh connections; exact per-series counts.
 
 use std::{
-    io::{BufRead as _, BufReader},
     process::{Command, Stdio},
     time::Duration,
 };
 
 use tenantscope_tests::{
-    Agent, Metrics, free_port, http_get, privileged, py_otlp, python_http_server, python_server,
+    Agent, Metrics, PyReceiver, free_port, http_get, privileged, python_http_server, python_server,
 };
 
 const SERVER: &str = r#"
@@ -141,7 +140,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as ts
 class H(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        req = ts.ExportTraceServiceRequest.FromString(body)
+        # Only spans: the agent's SLI metrics go to /v1/metrics on the same endpoint.
+        req = ts.ExportTraceServiceRequest.FromString(body if self.path == "/v1/traces" else b"")
         for rs in req.resource_spans:
             res = {a.key: a.value.string_value for a in rs.resource.attributes}
             for ss in rs.scope_spans:
@@ -168,23 +168,6 @@ s = http.server.HTTPServer(("127.0.0.1", 0), H)
 print(s.server_address[1], flush=True)
 s.serve_forever()
 "#;
-
-/// Starts the independent OTLP/HTTP receiver; returns it, its span output and its endpoint.
-fn otlp_receiver() -> (
-    std::process::Child,
-    BufReader<std::process::ChildStdout>,
-    String,
-) {
-    let mut child = Command::new(py_otlp())
-        .args(["-c", RECEIVER])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("receiver");
-    let mut out = BufReader::new(child.stdout.take().expect("piped"));
-    let mut port = String::new();
-    out.read_line(&mut port).expect("receiver port");
-    (child, out, format!("http://127.0.0.1:{}", port.trim()))
-}
 
 /// Valid, invalid and missing traceparent; tenants by header and by Host subdomain.
 const TRACED_CLIENT: &str = r#"
@@ -230,7 +213,8 @@ fn http_spans_reach_an_otlp_receiver_decoded_independently() {
     if !privileged("http_spans_reach_an_otlp_receiver_decoded_independently") {
         return;
     }
-    let (mut receiver, mut out, endpoint) = otlp_receiver();
+    let receiver = PyReceiver::start(RECEIVER);
+    let endpoint = receiver.endpoint.clone();
     let config = std::env::temp_dir().join(format!("ts-http-spans-{}.toml", std::process::id()));
     std::fs::write(
         &config,
@@ -266,10 +250,7 @@ fn http_spans_reach_an_otlp_receiver_decoded_independently() {
     assert!(agent.stop().success(), "{}", agent.log_text());
     let _ = server.kill();
     let _ = server.wait();
-    let _ = receiver.kill();
-    let _ = receiver.wait();
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut out, &mut rest).expect("receiver output");
+    let rest = receiver.finish();
     assert!(
         !rest.contains("/v1/traces"),
         "the agent traced its own exports:\n{rest}"
@@ -358,7 +339,8 @@ fn http_nginx_server_counts_per_tenant_and_status() {
     }
     let dir = std::env::temp_dir().join(format!("ts-nginx-{}", std::process::id()));
     // Spans go to an independent OTLP receiver, as in the Python-server test.
-    let (mut receiver, mut out, endpoint) = otlp_receiver();
+    let receiver = PyReceiver::start(RECEIVER);
+    let endpoint = receiver.endpoint.clone();
     let mut agent = Agent::start(&[
         "--otlp-protocol",
         "http/protobuf",
@@ -423,10 +405,7 @@ for t in ("acme", "globex", "initech"):
     }
     assert!(!m.raw.contains("token=abc"), "a query string was exported");
     assert!(agent.stop().success(), "{}", agent.log_text());
-    let _ = receiver.kill();
-    let _ = receiver.wait();
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut out, &mut rest).expect("receiver output");
+    let rest = receiver.finish();
     let nginx: Vec<&str> = rest
         .lines()
         .filter(|l| field(l, "service") == "nginx")

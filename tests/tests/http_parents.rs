@@ -5,13 +5,13 @@
 
 use std::{
     collections::HashMap,
-    io::{BufRead as _, BufReader, Read as _},
+    io::{BufRead as _, BufReader},
     path::Path,
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use tenantscope_tests::{Agent, Metrics, nginx, privileged, py_otlp, python_http_server};
+use tenantscope_tests::{Agent, Metrics, PyReceiver, nginx, privileged, python_http_server};
 
 /// Concurrent clients, each on its own keep-alive connection.
 const CLIENTS: usize = 16;
@@ -94,29 +94,10 @@ fn field<'a>(v: &'a serde_json::Value, key: &str) -> &'a str {
     v.get(key).and_then(|x| x.as_str()).unwrap_or("")
 }
 
-/// The receiver, a thread collecting its output (read as it comes: a full pipe would stall
-/// the receiver and fail the exports), and its endpoint.
-fn receiver() -> (Child, std::thread::JoinHandle<String>, String) {
-    let mut child = Command::new(py_otlp())
-        .args(["-c", RECEIVER])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("receiver");
-    let mut out = BufReader::new(child.stdout.take().expect("piped"));
-    let mut port = String::new();
-    out.read_line(&mut port).expect("receiver port");
-    let lines = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = out.read_to_string(&mut text);
-        text
-    });
-    (child, lines, format!("http://127.0.0.1:{}", port.trim()))
-}
-
 /// An agent exporting spans to a fresh receiver; `run` makes the traffic. Returns every span,
 /// the agent's last metrics and its log (after SIGTERM flushed what waited).
 fn traced(name: &str, run: impl FnOnce()) -> (Vec<Span>, Metrics, String) {
-    let (mut rx, lines, endpoint) = receiver();
+    let receiver = PyReceiver::start(RECEIVER);
     let config = std::env::temp_dir().join(format!("ts-{name}-{}.toml", std::process::id()));
     std::fs::write(&config, "[otlp]\nbatch_timeout = \"100ms\"\n").expect("config");
     let mut agent = Agent::start(&[
@@ -125,7 +106,7 @@ fn traced(name: &str, run: impl FnOnce()) -> (Vec<Span>, Metrics, String) {
         "--otlp-protocol",
         "http/protobuf",
         "--otlp-endpoint",
-        &endpoint,
+        &receiver.endpoint,
     ]);
     run();
     // Client spans wait for their parent's server exchange at most client_parent_wait (2 s).
@@ -133,10 +114,8 @@ fn traced(name: &str, run: impl FnOnce()) -> (Vec<Span>, Metrics, String) {
     let m = agent.metrics();
     assert!(agent.stop().success(), "{}", agent.log_text());
     let log = agent.log_text();
-    let _ = rx.kill();
-    let _ = rx.wait();
     let _ = std::fs::remove_file(&config);
-    let text = lines.join().expect("receiver output");
+    let text = receiver.finish();
     let spans = text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
