@@ -3,9 +3,10 @@
 //! use, then the OpenTelemetry-named duration histograms with one exemplar per bucket carrying
 //! the trace id of a sampled span, the span itself (to a [`SpanSink`]), and WebSocket
 //! connections per tenant; with [`HttpPipeline::with_sli`], the same counted server requests per
-//! series for the OTLP SLI export ([`crate::sli_export`]). Client exchanges wait (bounded) for
-//! the server exchange of their thread to become their parent, so their series and span appear
-//! up to `otlp.client_parent_wait` later (see [`crate::spans`] for the rule and its limits).
+//! series for the OTLP SLI export ([`crate::sli_export`]). A client exchange whose thread served
+//! exactly one request waits (bounded) for that server exchange to confirm it as its parent, so
+//! its series and span appear up to `otlp.client_parent_wait` later; the others are roots at once
+//! (see [`crate::parenting`] for the rule and its limits).
 //! Synchronous; the metric families are shared with the exposition (prometheus-client builds
 //! exemplars only through its own histogram type).
 
