@@ -25,7 +25,7 @@ pub mod counters {
     /// A new (process, direction) key could not be inserted: `TCP_STATS` is full.
     pub const TCP_STATS_FULL: u32 = 5;
     /// A connection closed that `TCP_CONNS` did not hold (opened before the agent started, or
-    /// evicted because more than `tcp.max_connections` were open).
+    /// its storage could not be created: `TCP_STORAGE_FAILED`).
     pub const TCP_CLOSE_UNTRACKED: u32 = 6;
     /// A listener could not be recorded: `TCP_LISTENERS` is full.
     pub const TCP_LISTENERS_FULL: u32 = 7;
@@ -46,8 +46,11 @@ pub mod counters {
     /// process could not be marked multiplexing in `HTTP_MULTIPLEXED`: the process's client
     /// calls are no longer parented (they may not be exact).
     pub const HTTP_SERVING_FULL: u32 = 13;
+    /// A connection's socket storage could not be created (no memory, or not a full socket): it
+    /// is not tracked, and its close is counted as untracked.
+    pub const TCP_STORAGE_FAILED: u32 = 14;
     /// Number of counters; the map has exactly this many slots.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
 
     /// `(index, probe, kind)` for exposition; one row per counter above.
     pub const ALL: [(u32, &str, &str); COUNT as usize] = [
@@ -65,6 +68,7 @@ pub mod counters {
         (HTTP_STASH_EVICTED, "http", "stash_evicted"),
         (HTTP_REQUESTS_FULL, "http", "requests_map_full"),
         (HTTP_SERVING_FULL, "http", "serving_map_full"),
+        (TCP_STORAGE_FAILED, "tcp", "storage_failed"),
     ];
 }
 

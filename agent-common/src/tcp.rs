@@ -16,7 +16,7 @@ pub const DIR_ACTIVE: u32 = 0;
 /// `TcpStatsKey::direction`: the connection was accepted from a listener.
 pub const DIR_PASSIVE: u32 = 1;
 /// `TcpStatsKey::direction`: a retransmit or reset on a socket the probe does not track (opened
-/// before the agent started, evicted from `TCP_CONNS`, or a reset sent without any socket).
+/// before the agent started, its socket storage not created, or a reset sent without any socket).
 pub const DIR_UNTRACKED: u32 = 2;
 
 /// `ConnState::flags` / `TcpEvent::flags`: opened by `connect` (else accepted).
@@ -88,7 +88,7 @@ pub struct TcpOffsets {
 }
 const _: () = assert!(core::mem::size_of::<TcpOffsets>() == 72);
 
-/// Value of `TCP_CONNS`, keyed by the `struct sock` address.
+/// Value of `TCP_CONNS`, the socket local storage of each tracked connection.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnState {

@@ -1,14 +1,19 @@
 //! `tcp` probe: connection lifecycle, retransmits and resets, without kprobes.
 //!
 //! BTF-typed tracepoints give the `struct sock *`; its fields are read at offsets the agent
-//! resolved from the kernel's BTF (`TCP_OFFSETS`). Per-connection state lives in `TCP_CONNS`;
+//! resolved from the kernel's BTF (`TCP_OFFSETS`). Per-connection state lives in `TCP_CONNS`
+//! (socket local storage: freed with the socket, never evicted);
 //! counters are aggregated per (process, direction) in `TCP_STATS`; one event per connection
 //! (at close) and one per listener reach userspace.
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_skc_to_tcp_sock},
-    macros::{btf_tracepoint, map},
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_SK_STORAGE_GET_F_CREATE},
+    btf_maps::SkStorage,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_skc_to_tcp_sock,
+        generated::{bpf_sk_storage_delete, bpf_sk_storage_get},
+    },
+    macros::{btf_map, btf_tracepoint, map},
     maps::{HashMap, LruHashMap, RingBuf},
     programs::BtfTracePointContext,
 };
@@ -49,10 +54,11 @@ static TCP_OFFSETS: TcpOffsets = TcpOffsets {
     valid: 0,
 };
 
-/// Connections in progress or open, by `struct sock` address. LRU so that a missed close
-/// cannot leak an entry forever; a close whose entry was evicted is counted as untracked.
-#[map]
-static TCP_CONNS: LruHashMap<u64, ConnState> = LruHashMap::with_max_entries(65536, 0);
+/// Connections in progress or open: socket local storage, which the kernel frees with the
+/// socket, so nothing leaks and nothing is evicted early (an LRU hash could evict before it was
+/// full). A close without storage is a connection older than the agent, counted as untracked.
+#[btf_map]
+static TCP_CONNS: SkStorage<ConnState> = SkStorage::new();
 
 /// Counters per (tgid, direction); not preallocated, bounded by max_entries.
 #[map]
@@ -202,8 +208,34 @@ fn on_state(sk: u64, old: i32, new: i32) {
     }
 }
 
+/// The connection state of `sk` (created zeroed with `create`), or `None`.
+#[inline(always)]
+fn conn(sk: u64, create: bool) -> Option<*mut ConnState> {
+    let flags = if create {
+        u64::from(BPF_SK_STORAGE_GET_F_CREATE)
+    } else {
+        0
+    };
+    // SAFETY: `sk` is the tracepoint's `struct sock *` (the verifier checks its BTF type and
+    // that it may be NULL); the map is this object's socket storage.
+    let p = unsafe {
+        bpf_sk_storage_get(
+            (&raw const TCP_CONNS).cast_mut().cast(),
+            sk as *mut core::ffi::c_void,
+            core::ptr::null_mut(),
+            flags,
+        )
+    }
+    .cast::<ConnState>();
+    (!p.is_null()).then_some(p)
+}
+
 #[inline(always)]
 fn track(sk: u64, tgid: u32, flags: u32) {
+    let Some(c) = conn(sk, true) else {
+        count(counters::TCP_STORAGE_FAILED);
+        return;
+    };
     let state = ConnState {
         start_ns: now(),
         established_ns: 0,
@@ -212,8 +244,8 @@ fn track(sk: u64, tgid: u32, flags: u32) {
         retrans_seen: 0,
         _pad: 0,
     };
-    // An LRU insert cannot fail for lack of space; it evicts the least recently used entry.
-    let _ = TCP_CONNS.insert(sk, state, 0);
+    // SAFETY: this socket's storage; its transitions are serialised by the socket lock.
+    unsafe { *c = state };
 }
 
 #[inline(always)]
@@ -314,7 +346,7 @@ fn emit_listener(sk: u64, o: &TcpOffsets, kind: u32, tgid: u32, key: ListenKey) 
 }
 
 fn on_established(sk: u64, o: &TcpOffsets) {
-    let Some(c) = TCP_CONNS.get_ptr_mut(sk) else {
+    let Some(c) = conn(sk, false) else {
         return;
     };
     // SAFETY: live map value; only this socket's transitions (serialised by the socket lock)
@@ -332,13 +364,20 @@ fn on_established(sk: u64, o: &TcpOffsets) {
 }
 
 fn on_close(sk: u64, o: &TcpOffsets) {
-    let Some(c) = TCP_CONNS.get_ptr(sk) else {
+    let Some(c) = conn(sk, false) else {
         count(counters::TCP_CLOSE_UNTRACKED);
         return;
     };
-    // SAFETY: live map value.
+    // SAFETY: this socket's storage.
     let c = unsafe { *c };
-    let _ = TCP_CONNS.remove(sk);
+    // A socket may be reused after CLOSE (connect again): it starts from fresh state.
+    // SAFETY: as in `conn`.
+    let _ = unsafe {
+        bpf_sk_storage_delete(
+            (&raw const TCP_CONNS).cast_mut().cast(),
+            sk as *mut core::ffi::c_void,
+        )
+    };
     let dir = direction(c.flags);
     let owner = ClosedOwner {
         tgid: c.tgid,
@@ -397,7 +436,7 @@ fn on_close(sk: u64, o: &TcpOffsets) {
 /// Adds the connection's new retransmitted segments (the kernel's own per-socket count, so a
 /// retransmitted packet of several segments counts as several, as in `/proc/net/snmp`).
 fn on_retransmit(sk: u64) {
-    let Some(c) = TCP_CONNS.get_ptr_mut(sk) else {
+    let Some(c) = conn(sk, false) else {
         // Not tracked (older than the agent, or evicted): one retransmission, segments unknown.
         add(0, DIR_UNTRACKED, Counter::Retransmits, 1);
         return;
@@ -428,7 +467,7 @@ fn add_retransmits(tgid: u32, dir: u32, total: u32, seen: u32) {
 /// Counts a reset against the connection's owner (also just after its close), or as untracked.
 #[inline(always)]
 fn bump(sk: u64, counter: Counter) {
-    let (tgid, dir) = match (sk != 0).then(|| TCP_CONNS.get_ptr_mut(sk)).flatten() {
+    let (tgid, dir) = match (sk != 0).then(|| conn(sk, false)).flatten() {
         Some(c) => {
             // SAFETY: live map value; a flag bit set twice is harmless.
             unsafe {

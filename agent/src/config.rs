@@ -340,9 +340,10 @@ impl Default for ProcessConfig {
 pub struct TcpConfig {
     /// Whether to attach the probe. Default `true`.
     pub enabled: bool,
-    /// Capacity of the kernel map of open connections being tracked (an LRU map). Connections
-    /// beyond it evict the oldest tracked ones, whose close is then counted as untracked. Between
-    /// 1024 and 4194304. Default `65536`.
+    /// Capacity of the kernel map of the local endpoints of established connections (an LRU
+    /// map), which names peers on this node; beyond it the oldest are evicted and their peers
+    /// named by rule. The connections themselves live in socket storage, freed with each socket,
+    /// with no cap. Between 1024 and 4194304. Default `65536`.
     pub max_connections: u32,
     /// Capacity of the kernel map of counters, in (process, direction) keys. When full, new keys
     /// are dropped and counted as lost. Between 1024 and 1048576. Default `16384`.

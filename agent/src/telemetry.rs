@@ -787,7 +787,7 @@ mod tests {
                 sum_seconds: 0.01,
                 buckets,
             }],
-            kernel_counters: [7, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            kernel_counters: [7, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             tcp: TcpSnapshot::default(),
             probes: vec![("syscalls", "attached"), ("process", "failed")],
             workloads: vec![WorkloadInfo {

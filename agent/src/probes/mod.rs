@@ -125,7 +125,6 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, ProbeError> {
         .map_max_entries("HTTP_EVENTS", opts.http_ringbuf_bytes)
         .map_max_entries("SYSCALL_STATS", opts.syscall_stats_entries)
         .map_max_entries("PROCESS_EVENTS", opts.process_ringbuf_bytes)
-        .map_max_entries("TCP_CONNS", opts.tcp_connections)
         .map_max_entries("TCP_ENDPOINTS", opts.tcp_connections)
         .map_max_entries("TCP_STATS", opts.tcp_stats_entries)
         .map_max_entries("TCP_EVENTS", opts.tcp_ringbuf_bytes)
