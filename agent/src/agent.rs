@@ -861,8 +861,8 @@ impl crate::aggregate::http::ProcessView for Procs<'_> {
         resolve_origin(self.table, self.proc_root, self.t, tgid, self.now)
     }
 
+    /// Asked after [`Self::origin`], which made the process's entry that caches the answer.
     fn multitasks(&mut self, tgid: u32) -> bool {
-        learn(self.table, self.proc_root, self.t, tgid, self.now);
         let runtime = self.table.runtime(tgid).unwrap_or_else(|| {
             let r = crate::workload::runtime::of_process(self.proc_root, tgid);
             tracing::debug!(tgid, runtime = ?r, "read a process's runtime");

@@ -642,14 +642,31 @@ pub fn python_http_server(handler: &str) -> (Child, String) {
     ))
 }
 
+/// A [`python_http_server`] handler that answers `200 ok` to every GET, keep-alive.
+pub const OK_HANDLER: &str = r#"
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+"#;
+
 /// Starts `python3 -c script`, which prints its listening port first; returns it and that line.
 pub fn python_server(script: &str) -> (Child, String) {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script]);
+    spawn_with_port(cmd)
+}
+
+/// Spawns a server that prints its listening port on its first line; returns it and that line.
+pub fn spawn_with_port(mut cmd: Command) -> (Child, String) {
     use std::io::{BufRead as _, BufReader};
-    let mut child = Command::new("python3")
-        .args(["-c", script])
+    let mut child = cmd
         .stdout(Stdio::piped())
         .spawn()
-        .expect("python3");
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     let mut line = String::new();
     BufReader::new(child.stdout.as_mut().expect("piped"))
         .read_line(&mut line)

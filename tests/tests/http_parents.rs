@@ -5,13 +5,14 @@
 
 use std::{
     collections::HashMap,
-    io::{BufRead as _, BufReader},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::Duration,
 };
 
-use tenantscope_tests::{Agent, Metrics, PyReceiver, nginx, privileged, python_http_server};
+use tenantscope_tests::{
+    Agent, Metrics, OK_HANDLER, PyReceiver, nginx, privileged, python_http_server, spawn_with_port,
+};
 
 /// Concurrent clients, each on its own keep-alive connection.
 const CLIENTS: usize = 16;
@@ -49,17 +50,6 @@ class H(http.server.BaseHTTPRequestHandler):
 s = http.server.HTTPServer(("127.0.0.1", 0), H)
 print(s.server_address[1], flush=True)
 s.serve_forever()
-"#;
-
-/// The backend every front service calls: answers 200 to any path.
-const BACKEND: &str = r#"
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
 "#;
 
 /// `clients` threads, each with one keep-alive connection, `per` distinct paths each
@@ -258,7 +248,7 @@ fn http_parents_thread_per_request_python_calls_are_exact() {
         return;
     }
     let (spans, m, _) = traced("parents-python", || {
-        let (backend, port) = python_http_server(BACKEND);
+        let (backend, port) = python_http_server(OK_HANDLER);
         let front = FRONT_THREADED.replace("BACKEND_PORT", port.trim());
         let (front, port) = python_http_server(&front);
         load(port.trim().parse().expect("port"));
@@ -286,7 +276,7 @@ fn http_parents_nginx_reverse_proxy_is_never_wrong() {
     }
     let dir = std::env::temp_dir().join(format!("ts-parents-nginx-{}", std::process::id()));
     let (spans, m, _) = traced("parents-nginx", || {
-        let (backend, port) = python_http_server(BACKEND);
+        let (backend, port) = python_http_server(OK_HANDLER);
         let locations = format!(
             "  location / {{ proxy_pass http://127.0.0.1:{}; proxy_http_version 1.1; \
              proxy_set_header Connection \"\"; }}",
@@ -355,7 +345,7 @@ fn http_parents_pool_calls_on_other_threads_are_roots() {
         return;
     }
     let (spans, ..) = traced("parents-pool", || {
-        let (backend, port) = python_http_server(BACKEND);
+        let (backend, port) = python_http_server(OK_HANDLER);
         let front = FRONT_POOL.replace("BACKEND_PORT", port.trim());
         let (front, port) = tenantscope_tests::python_server(&front);
         load(port.trim().parse().expect("port"));
@@ -435,16 +425,10 @@ fn http_parents_go_calls_are_never_wrong() {
     let dir = std::env::temp_dir().join(format!("ts-parents-go-{}", std::process::id()));
     let bin = go_build(&dir, GO_FRONT, "ts-go-front");
     let (spans, m, log) = traced("parents-go", || {
-        let (backend, port) = python_http_server(BACKEND);
-        let mut front = Command::new(&bin)
-            .arg(port.trim())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("go front");
-        let mut line = String::new();
-        BufReader::new(front.stdout.as_mut().expect("piped"))
-            .read_line(&mut line)
-            .expect("port");
+        let (backend, port) = python_http_server(OK_HANDLER);
+        let mut cmd = Command::new(&bin);
+        cmd.arg(port.trim());
+        let (front, line) = spawn_with_port(cmd);
         let port = line.trim().parse().expect("port");
         // One client first: the service then reads one request at a time, so only the Go
         // check keeps its calls from thread-based parents; then 16 at once.

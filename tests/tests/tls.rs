@@ -9,19 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tenantscope_tests::{Agent, collector_bin, free_port, privileged, python_http_server};
-
-const SERVER: &str = r#"
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-    def log_message(self, *args):
-        pass
-"#;
+use tenantscope_tests::{
+    Agent, OK_HANDLER, collector_bin, free_port, privileged, python_http_server,
+};
 
 const AGENT_TOKEN: &str = "agent-token-3b9d";
 const ADMIN_TOKEN: &str = "admin-token-77c1";
@@ -155,7 +145,7 @@ fn agent_exports_over_tls_with_a_token_file() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     let collector = start_collector(&dir);
-    let (mut server, port) = python_http_server(SERVER);
+    let (mut server, port) = python_http_server(OK_HANDLER);
     let port: u16 = port.trim().parse().expect("port");
     let ca = dir.join("cert.pem");
 
